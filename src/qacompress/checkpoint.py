@@ -1,0 +1,86 @@
+"""Saving and loading compressed torch QA models.
+
+A compressed model is stored as transformers stores any model (`config.json`, `model.safetensors`,
+loadable with `from_pretrained` on its own) plus `compression_state.pt`: the quantizer layout, and the
+tensors of every compression module inside the model (NNCF's quantizer hooks, whose Q/K/V scales are
+shared tensors that safetensors refuses; movement pruning's importance scores), plus whatever plain
+state an algorithm adds (the movement schedule's position). Physically pruned models record their
+per-layer shapes in `config.json` (`qacompress_pruning`), so that `load_qa_model` can rebuild the
+smaller matrices before loading the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qacompress.errors import ModelError
+
+STATE_FILE = "compression_state.pt"
+FORMAT_VERSION = 1
+#: State-dict prefixes of modules that compression adds to a model (NNCF hooks, movement scores).
+COMPRESSION_PREFIXES = ("__nncf_hooks.", "qacompress_movement.")
+
+
+def split_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(plain model weights, compression tensors): the first is what `from_pretrained` can load."""
+    plain, compression = {}, {}
+    for key, value in model.state_dict().items():
+        (compression if key.startswith(COMPRESSION_PREFIXES) else plain)[key] = value
+    return plain, compression
+
+
+def save_compressed(model: nn.Module, directory: str | Path, *, extra_state: dict[str, Any] | None = None) -> None:
+    """Write `model` (plain weights via `save_pretrained`, plus compression state if any) into `directory`."""
+    from qacompress.quantization import is_quantized, quantizer_layout
+
+    directory = Path(directory)
+    plain, compression = split_state_dict(model)
+    # Trainer reloads model.safetensors non-strictly on resume; naming the compression keys here keeps
+    # it from warning about them (they come from compression_state.pt).
+    model._keys_to_ignore_on_save = list(compression) or None
+    model.save_pretrained(directory, state_dict=plain)
+    state: dict[str, Any] = {"format_version": FORMAT_VERSION, "tensors": compression}
+    if is_quantized(model):
+        state["quantizer_layout"] = quantizer_layout(model)
+    state.update(extra_state or {})
+    if compression or extra_state:
+        torch.save(state, directory / STATE_FILE)
+
+
+def load_compression_state(directory: str | Path) -> dict[str, Any] | None:
+    """The compression state saved beside a model, or None for a plain model."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ModelError(f"{path}: unreadable compression state ({type(exc).__name__}: {exc})") from None
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{path}: unsupported compression state format {state.get('format_version')!r}")
+    return state
+
+
+def apply_compression_state(model: nn.Module, state: dict[str, Any] | None) -> nn.Module:
+    """Re-attach the quantizers described by `state` and load every compression tensor.
+
+    Modules other than quantizers (movement scores) must already be attached.
+    """
+    if not state:
+        return model
+    if "quantizer_layout" in state:
+        from qacompress.quantization import restore_quantization
+
+        model = restore_quantization(model, state["quantizer_layout"])
+    tensors = state.get("tensors", {})
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if k.startswith(COMPRESSION_PREFIXES)]
+    if missing or unexpected:
+        raise ModelError(
+            f"compression state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model

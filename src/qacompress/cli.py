@@ -1,0 +1,222 @@
+"""The `qacompress` command: a thin layer over the library.
+
+    qacompress train     ...run_qa.py flags...          fine-tune with QAT / JPQD, evaluate, export
+    qacompress evaluate  --model_name_or_path DIR ...   SQuAD EM/F1 of a torch or OpenVINO model dir
+    qacompress export    --model_name_or_path DIR --output_dir OUT
+    qacompress predict   --model_name_or_path DIR --question Q --context C | --input_file F
+    qacompress benchmark --model_name_or_path DIR [DIR ...]
+
+User mistakes print one line and exit with status 2 (`--debug` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qacompress.errors import QACompressError
+
+logger = logging.getLogger("qacompress")
+
+
+@dataclass
+class ModelRef:
+    """Which model directory to use, and how to run it."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Model directory (torch or OpenVINO IR)"})
+    backend: str = field(default="auto", metadata={"help": "auto (IR if present), openvino or torch"})
+    inference_precision: str = field(default="f32", metadata={"help": "OpenVINO CPU precision: f32, bf16 or auto"})
+    batch_size: int = field(default=8, metadata={"help": "Features per model call"})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write results (optional)"})
+
+
+@dataclass
+class PredictArguments:
+    question: str | None = field(default=None, metadata={"help": "A question (with --context)"})
+    context: str | None = field(default=None, metadata={"help": "The text to find the answer in"})
+    input_file: str | None = field(default=None, metadata={"help": ".jsonl/.json/.csv of {id?, question, context}"})
+    output_file: str | None = field(default=None, metadata={"help": "Write answers as JSON lines here"})
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.DEBUG if debug else logging.INFO)
+    for noisy in ("torchao", "torch.utils._pytree", "nncf", "datasets", "httpx", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if noisy.startswith("torch") else logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _parse(dataclasses: tuple, argv: list[str], prog: str):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclasses, prog=prog)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def cmd_train(argv: list[str]) -> int:
+    from qacompress.arguments import parse_train_args
+    from qacompress.train import run_train
+
+    if argv in (["-h"], ["--help"]):
+        from qacompress.arguments import build_parser
+
+        build_parser().print_help()
+        return 0
+    metrics = run_train(*parse_train_args(argv))
+    _print_metrics(metrics)
+    return 0
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    from qacompress.arguments import DataTrainingArguments
+    from qacompress.data import load_examples
+    from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, write_predictions
+    from qacompress.features import prepare_eval_features
+    from qacompress.models import load_tokenizer
+    from qacompress import atomic
+    from qacompress.runtime import load_runner
+
+    ref, data_args = _parse((ModelRef, DataTrainingArguments), argv, "qacompress evaluate")
+    model_dir = _require_model(ref)
+    source = data_args.validation_file or data_args.dataset_name
+    if not source:
+        raise QACompressError("evaluate needs --validation_file FILE or --dataset_name NAME")
+    tokenizer = load_tokenizer(model_dir)
+    runner = load_runner(model_dir, backend=ref.backend, precision=ref.inference_precision)
+    examples = load_examples(
+        source,
+        split="validation",
+        dataset_config_name=data_args.dataset_config_name,
+        version_2_with_negative=data_args.version_2_with_negative,
+        max_samples=data_args.max_eval_samples,
+    )
+    features = prepare_eval_features(
+        examples, tokenizer, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
+        pad_to_max_length=False,
+    )
+    settings = DecodeSettings(
+        data_args.version_2_with_negative, data_args.n_best_size, data_args.max_answer_length,
+        data_args.null_score_diff_threshold,
+    )
+    predictions, metrics = evaluate_runner(
+        runner, examples, features, settings, batch_size=ref.batch_size, pad_token_id=tokenizer.pad_token_id or 0
+    )
+    metrics = prefixed(metrics, "eval")
+    metrics["eval_backend"] = type(runner).__name__
+    if ref.output_dir:
+        write_predictions(ref.output_dir, predictions)
+        atomic.write_json(Path(ref.output_dir) / "eval_results.json", metrics)
+    _print_metrics(metrics)
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    from qacompress.export import save_model_dir
+    from qacompress.models import load_qa_model, load_tokenizer
+
+    ref, = _parse((ModelRef,), argv, "qacompress export")
+    model_dir = _require_model(ref)
+    if not ref.output_dir:
+        raise QACompressError("export needs --output_dir DIR")
+    model = load_qa_model(model_dir)
+    save_model_dir(model, load_tokenizer(model_dir), ref.output_dir)
+    print(f"exported {model_dir} -> {ref.output_dir}/openvino_model.xml")
+    return 0
+
+
+def cmd_predict(argv: list[str]) -> int:
+    from qacompress.arguments import DataTrainingArguments
+    from qacompress.data import load_examples
+    from qacompress.evaluation import DecodeSettings
+    from qacompress.predict import QAPredictor
+
+    ref, pred, data_args = _parse((ModelRef, PredictArguments, DataTrainingArguments), argv, "qacompress predict")
+    model_dir = _require_model(ref)
+    if bool(pred.input_file) == bool(pred.question or pred.context):
+        raise QACompressError("predict needs either --question Q --context C, or --input_file FILE")
+    settings = DecodeSettings(
+        data_args.version_2_with_negative, data_args.n_best_size, data_args.max_answer_length,
+        data_args.null_score_diff_threshold,
+    )
+    predictor = QAPredictor(
+        model_dir, backend=ref.backend, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
+        settings=settings, batch_size=ref.batch_size, precision=ref.inference_precision,
+    )
+    if pred.input_file:
+        examples = load_examples(pred.input_file, require_answers=False, version_2_with_negative=True)
+        answers = predictor.predict_examples(examples, progress=True)
+        lines = [json.dumps(a.to_dict(), ensure_ascii=False) for a in answers]
+        if pred.output_file:
+            from qacompress import atomic
+
+            atomic.write_bytes(pred.output_file, ("\n".join(lines) + "\n").encode("utf-8"))
+            print(f"wrote {len(lines)} answers to {pred.output_file}")
+        else:
+            print("\n".join(lines))
+    else:
+        if not (pred.question and pred.context):
+            raise QACompressError("--question and --context go together")
+        answer = predictor(pred.question, pred.context)
+        print(f"{answer.text}\t(score {answer.score:.3f}, characters {answer.start}-{answer.end})")
+    return 0
+
+
+def cmd_benchmark(argv: list[str]) -> int:
+    from qacompress.benchmark import main as benchmark_main
+
+    return benchmark_main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "export": cmd_export,
+    "predict": cmd_predict,
+    "benchmark": cmd_benchmark,
+}
+
+
+def _require_model(ref: ModelRef) -> str:
+    if not ref.model_name_or_path:
+        raise QACompressError("--model_name_or_path DIR is required")
+    if not Path(ref.model_name_or_path).is_dir():
+        raise QACompressError(f"{ref.model_name_or_path}: no such model directory")
+    return ref.model_name_or_path
+
+
+def _print_metrics(metrics: dict) -> None:
+    if not metrics:
+        return
+    width = max(len(k) for k in metrics)
+    for key in sorted(metrics):
+        value = metrics[key]
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `qacompress` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nqacompress: error: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    _setup_logging(debug)
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except QACompressError as exc:
+        if debug:
+            raise
+        print(f"qacompress: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("qacompress: interrupted (completed checkpoints are kept; run the same command to resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,142 @@
+"""SQuAD evaluation: logits for every feature, n-best decoding, official EM/F1, result files.
+
+One code path for torch models inside the trainer (`squad_compute_metrics`, fed by `Trainer.evaluate`)
+and for any runner outside it (`run_features`, batched with length-sorted dynamic padding), so a
+torch model and its OpenVINO IR are scored identically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qacompress import atomic
+from qacompress.data import gold_answers
+from qacompress.metrics import squad_metrics
+from qacompress.postprocess import QAPredictions, postprocess_qa_predictions
+from qacompress.runtime import QARunner
+
+
+@dataclass
+class DecodeSettings:
+    """How logits become answers (the run_qa flags of the same names)."""
+
+    version_2_with_negative: bool = False
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    null_score_diff_threshold: float = 0.0
+
+
+def run_features(
+    runner: QARunner, features: Any, *, batch_size: int = 8, pad_token_id: int = 0, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Start/end logits of every feature, shape (num_features, max_len); padding columns hold -1e4.
+
+    Features are run in order of length so that each batch pads only to its own longest member.
+    """
+    columns = [c for c in runner.input_names if c in features.column_names]
+    ids = features["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    width = int(lengths.max()) if len(lengths) else 0
+    start = np.full((len(ids), width), -1e4, dtype=np.float32)
+    end = np.full((len(ids), width), -1e4, dtype=np.float32)
+    data = {c: features[c] for c in columns}
+    order = np.argsort(-lengths, kind="stable")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="Evaluating", disable=not progress, unit="batch"):
+        longest = int(lengths[batch].max())
+        inputs = {}
+        for c in columns:
+            pad = pad_token_id if c == "input_ids" else 0
+            array = np.full((len(batch), longest), pad, dtype=np.int64)
+            for row, i in enumerate(batch):
+                array[row, : lengths[i]] = data[c][i]
+            inputs[c] = array
+        s, e = runner(inputs)
+        for row, i in enumerate(batch):
+            start[i, : lengths[i]] = s[row, : lengths[i]]
+            end[i, : lengths[i]] = e[row, : lengths[i]]
+    return start, end
+
+
+def decode_and_score(
+    examples: Any, features: Any, start: np.ndarray, end: np.ndarray, settings: DecodeSettings
+) -> tuple[QAPredictions, dict[str, float]]:
+    """Answers from logits, then the official SQuAD metric (v2 with HasAns/NoAns and best thresholds)."""
+    t0 = time.perf_counter()
+    predictions = postprocess_qa_predictions(
+        examples,
+        features,
+        start,
+        end,
+        version_2_with_negative=settings.version_2_with_negative,
+        n_best_size=settings.n_best_size,
+        max_answer_length=settings.max_answer_length,
+        null_score_diff_threshold=settings.null_score_diff_threshold,
+        cls_index=np.asarray(features["cls_index"]) if "cls_index" in features.column_names else None,
+    )
+    metrics = squad_metrics(
+        predictions.answers,
+        gold_answers(examples),
+        version_2=settings.version_2_with_negative,
+        null_odds=predictions.null_odds,
+    )
+    metrics["postprocess_runtime"] = round(time.perf_counter() - t0, 4)
+    return predictions, metrics
+
+
+def write_predictions(directory: str | Path, predictions: QAPredictions, prefix: str = "eval") -> None:
+    """`{prefix}_predictions.json`, `{prefix}_nbest_predictions.json` and (v2) `{prefix}_null_odds.json`."""
+    directory = Path(directory)
+    atomic.write_json(directory / f"{prefix}_predictions.json", predictions.answers)
+    atomic.write_json(directory / f"{prefix}_nbest_predictions.json", predictions.nbest)
+    if predictions.null_odds is not None:
+        atomic.write_json(directory / f"{prefix}_null_odds.json", predictions.null_odds)
+
+
+def evaluate_runner(
+    runner: QARunner,
+    examples: Any,
+    features: Any,
+    settings: DecodeSettings,
+    *,
+    batch_size: int = 8,
+    pad_token_id: int = 0,
+    progress: bool = True,
+) -> tuple[QAPredictions, dict[str, float]]:
+    """Run, decode and score; metrics include wall times of the model and of post-processing."""
+    t0 = time.perf_counter()
+    start, end = run_features(runner, features, batch_size=batch_size, pad_token_id=pad_token_id, progress=progress)
+    model_time = time.perf_counter() - t0
+    predictions, metrics = decode_and_score(examples, features, start, end, settings)
+    metrics["model_runtime"] = round(model_time, 4)
+    metrics["samples"] = len(examples)
+    return predictions, metrics
+
+
+def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}_{k}" if not k.startswith(f"{prefix}_") else k: v for k, v in metrics.items()}
+
+
+def squad_compute_metrics(
+    examples: Any,
+    features: Any,
+    settings: DecodeSettings,
+    on_predictions: Callable[[QAPredictions], None] | None = None,
+) -> Callable[[Any], dict[str, float]]:
+    """A `compute_metrics` for `transformers.Trainer`: its predictions are the features' logits, in order."""
+
+    def compute(eval_prediction: Any) -> dict[str, float]:
+        start, end = eval_prediction.predictions[:2]
+        predictions, metrics = decode_and_score(examples, features, np.asarray(start), np.asarray(end), settings)
+        if on_predictions is not None:
+            on_predictions(predictions)
+        return metrics
+
+    return compute

@@ -1,0 +1,81 @@
+"""Writing a finished model directory: torch weights, tokenizer and OpenVINO IR, in optimum-intel's layout.
+
+`save_model_dir` produces what transformers saves (`config.json`, `model.safetensors`, tokenizer files)
+plus `openvino_model.xml`/`.bin` beside them, which `optimum.intel.OVModelForQuestionAnswering` and
+`qacompress evaluate/predict` load. Batch and sequence dimensions are dynamic. A quantized model is
+stripped to plain fake-quantize ops first, which OpenVINO turns into INT8 FakeQuantize operations
+(weights stored as INT8). Everything goes through a staged commit (`qacompress.atomic`): an
+interrupted export leaves the previous one in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qacompress.atomic import staged_files
+from qacompress.checkpoint import STATE_FILE, save_compressed
+from qacompress.models import IR_FILE
+
+logger = logging.getLogger(__name__)
+
+#: Files a model directory may hold that a new export must replace or remove.
+MODEL_FILES = (STATE_FILE, IR_FILE, IR_FILE.replace(".xml", ".bin"), "model.safetensors", "config.json")
+
+
+def example_inputs(tokenizer, length: int = 64) -> dict[str, torch.Tensor]:
+    """A small tokenised (question, context) pair to trace the model with."""
+    question = "What does the example question ask?"
+    context = " ".join(["The example context answers it."] * max(1, length // 6))
+    encoded = tokenizer(question, context, truncation="only_second", max_length=length, return_tensors="pt")
+    return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def to_openvino(model: nn.Module, example_input: dict[str, torch.Tensor]):
+    """An `openvino.Model` of `model` (fake quantizers become FakeQuantize ops)."""
+    import openvino as ov
+
+    from qacompress.quantization import is_quantized, strip
+
+    model = model.eval()
+    source = strip(model, example_input) if is_quantized(model) else model
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ov_model = ov.convert_model(source, example_input=dict(example_input))
+    for output, name in zip(ov_model.outputs, ("start_logits", "end_logits")):
+        output.get_tensor().set_names({name})
+    return ov_model
+
+
+def export_openvino(model: nn.Module, tokenizer, directory: str | Path) -> Path:
+    """Write `openvino_model.xml`/`.bin` for `model` into `directory` (not atomic on its own)."""
+    import openvino as ov
+
+    path = Path(directory) / IR_FILE
+    ov_model = to_openvino(model, example_inputs(tokenizer))
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    return path
+
+
+def save_model_dir(
+    model: nn.Module,
+    tokenizer,
+    directory: str | Path,
+    *,
+    export_ir: bool = True,
+    extra_state: dict | None = None,
+) -> Path:
+    """Write a complete model directory atomically; returns `directory`."""
+    directory = Path(directory)
+    model = model.module if hasattr(model, "module") else model
+    with staged_files(directory, replaces=MODEL_FILES) as staging:
+        save_compressed(model, staging, extra_state=extra_state)
+        tokenizer.save_pretrained(staging)
+        if export_ir:
+            export_openvino(model, tokenizer, staging)
+    logger.info("saved model to %s%s", directory, " (with OpenVINO IR)" if export_ir else "")
+    return directory

@@ -1,0 +1,286 @@
+"""Movement pruning with learned importance scores (Sanh et al. 2020), by blocks, rows or columns
+(Lagunas et al. 2021), configured and scheduled as NNCF 2's `movement_sparsity` was.
+
+Each targeted `nn.Linear` gets an importance score per unit (a weight, a block of `sparse_factors`, a
+row or a column). The forward pass uses `W * mask`, with `mask = score > threshold` and a
+straight-through gradient, so a score grows while its weights move away from zero and shrinks while
+they move towards it. A regulariser on `sigmoid(score)` pushes scores down; both it and the threshold
+rise on a concave polynomial schedule through the warm-up epochs. At the end of warm-up
+`resolve_structure` turns the masks into whole attention heads and FFN neurons: a head survives if any
+of its Q/K/V rows or output-projection columns survived, a neuron if its FFN row or column did, and the
+weights inside surviving units are restored ("rewound", as NNCF did), ready for physical removal.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qacompress.architecture import EncoderLayout, find_layout
+from qacompress.config import MovementSparsityConfig, SparseStructure
+from qacompress.errors import ConfigError
+from qacompress.scopes import matches, matches_any, module_scopes
+from qacompress.structured import LayerKeep
+
+#: Name of the submodule that holds the scores inside the model (so DDP and the optimizer see them).
+ATTR = "qacompress_movement"
+#: NNCF weighted each layer's regulariser by this factor; kept so that configs mean the same.
+LAYERWISE_LAMBDA = 0.5
+
+
+@dataclass
+class Target:
+    """One pruned linear: where its scores live and how a score expands to weights."""
+
+    module_name: str
+    key: str  # ParameterDict key (dots are not allowed there)
+    mode: str
+    factors: tuple[int, int]  # weights per score along (rows, columns)
+    prune_bias: bool
+
+
+def polynomial_scale(progress: float, power: float) -> float:
+    """Concave warm-up curve from 0 to 1: fast at first, flat at the end."""
+    progress = min(max(progress, 0.0), 1.0)
+    return 1.0 - (1.0 - progress) ** power
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Binary mask forward, identity gradient backward."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, threshold: float) -> torch.Tensor:  # type: ignore[override]
+        return (scores > threshold).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+class MovementPruner(nn.Module):
+    """Importance scores, masks, schedule and regulariser for the targeted linears of one model."""
+
+    def __init__(self, config: MovementSparsityConfig, targets: list[Target], shapes: dict[str, tuple[int, int]]):
+        super().__init__()
+        self.config = config
+        self.targets = {t.module_name: t for t in targets}
+        self.scores = nn.ParameterDict()
+        self.bias_scores = nn.ParameterDict()
+        for t in targets:
+            rows, cols = shapes[t.module_name]
+            self.scores[t.key] = nn.Parameter(torch.zeros(rows // t.factors[0], cols // t.factors[1]))
+            if t.prune_bias:
+                self.bias_scores[t.key] = nn.Parameter(torch.zeros(rows // t.factors[0]))
+        self.threshold = -math.inf
+        self.regularization_factor = 0.0
+        self.init_threshold = config.init_importance_threshold
+        self.steps_per_epoch = config.steps_per_epoch
+        self.step = 0
+
+    # ---- masks -------------------------------------------------------------------------------------
+    def _expand(self, target: Target, small: torch.Tensor) -> torch.Tensor:
+        r, c = target.factors
+        if r > 1:
+            small = small.repeat_interleave(r, dim=0)
+        if c > 1 and small.dim() == 2:
+            small = small.repeat_interleave(c, dim=1)
+        return small
+
+    def masks(self, module_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias masks of one linear at the current threshold (straight-through gradient)."""
+        t = self.targets[module_name]
+        weight = self._expand(t, _StraightThrough.apply(self.scores[t.key], self.threshold))
+        bias = None
+        if t.prune_bias:
+            bias = self._expand(t, _StraightThrough.apply(self.bias_scores[t.key], self.threshold))
+        return weight, bias
+
+    def regularization(self) -> torch.Tensor:
+        """Mean over layers of NNCF's per-layer L1 of sigmoid(scores), times the scheduled factor."""
+        device = next(iter(self.scores.values())).device
+        if self.regularization_factor == 0.0:
+            return torch.zeros((), device=device)
+        losses = []
+        for t in self.targets.values():
+            loss = torch.sigmoid(self.scores[t.key]).mean() * math.prod(t.factors)
+            if t.prune_bias:
+                loss = loss + torch.sigmoid(self.bias_scores[t.key]).mean() * t.factors[0]
+            losses.append(loss * LAYERWISE_LAMBDA)
+        return torch.stack(losses).mean() * self.regularization_factor
+
+    # ---- schedule ----------------------------------------------------------------------------------
+    def warmup_bounds(self) -> tuple[int, int]:
+        spe = self.steps_per_epoch or 0
+        return int(self.config.warmup_start_epoch * spe), int(self.config.warmup_end_epoch * spe)
+
+    def set_step(self, step: int) -> None:
+        """Move the threshold and regularisation factor to optimizer step `step`."""
+        if self.steps_per_epoch is None:
+            raise RuntimeError("steps_per_epoch must be set before training")
+        self.step = step
+        start, end = self.warmup_bounds()
+        if step < start:
+            self.threshold, self.regularization_factor = -math.inf, 0.0
+            return
+        if self.init_threshold is None:
+            self.init_threshold = self._adaptive_init_threshold()
+        scale = polynomial_scale((step - start) / max(end - start, 1), self.config.power)
+        if step >= end:
+            scale = 1.0
+        final = self.config.final_importance_threshold
+        self.threshold = self.init_threshold + scale * (final - self.init_threshold)
+        self.regularization_factor = scale * self.config.importance_regularization_factor
+
+    @torch.no_grad()
+    def _adaptive_init_threshold(self, target_sparsity: float = 0.001) -> float:
+        """The score below which ~0.1% of weights fall, so warm-up starts almost dense (NNCF's rule)."""
+        values = []
+        for t in self.targets.values():
+            values.append(self._expand(t, self.scores[t.key].detach()).flatten().cpu())
+            if t.prune_bias:
+                values.append(self._expand(t, self.bias_scores[t.key].detach()).flatten().cpu())
+        flat = torch.cat(values)
+        k = min(flat.numel(), int(flat.numel() * target_sparsity) + 1)
+        return float(flat.kthvalue(k).values)
+
+    # ---- statistics --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sparsity(self, model: nn.Module) -> dict[str, float]:
+        """Share of masked weights, per layer role (query ... ffn_out) and over all targets."""
+        layout = find_layout(model)
+        roles = layout.roles() if layout else {}
+        zeros: dict[str, float] = {}
+        totals: dict[str, float] = {}
+        for name, t in self.targets.items():
+            weight_mask, _ = self.masks(name)
+            role = roles[name][1] if name in roles else "other"
+            for key in (role, "all"):
+                zeros[key] = zeros.get(key, 0.0) + float((weight_mask == 0).sum())
+                totals[key] = totals.get(key, 0.0) + weight_mask.numel()
+        return {k: zeros[k] / totals[k] for k in totals}
+
+    # ---- state -------------------------------------------------------------------------------------
+    def schedule_state(self) -> dict:
+        return {"step": self.step, "init_threshold": self.init_threshold, "steps_per_epoch": self.steps_per_epoch}
+
+    def load_schedule_state(self, state: dict) -> None:
+        self.init_threshold = state["init_threshold"]
+        self.steps_per_epoch = state["steps_per_epoch"]
+        self.step = state["step"]
+
+    # ---- structure ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def resolve_structure(self, model: nn.Module, layout: EncoderLayout) -> tuple[list[LayerKeep], dict[str, torch.Tensor]]:
+        """Heads and neurons to keep per layer, and the masks left for linears outside heads/FFN.
+
+        A unit survives if any of its weights survived in any linear of its group (logical OR, as in
+        NNCF's structured masking); surviving units are kept whole.
+        """
+        keep = []
+        for layer in layout.layers:
+            heads = self._alive_units(layer.query, 0, layout.head_size, model)
+            for name, dim in ((layer.key, 0), (layer.value, 0), (layer.attention_output, 1)):
+                heads |= self._alive_units(name, dim, layout.head_size, model)
+            neurons = self._alive_units(layer.ffn_in, 0, 1, model) | self._alive_units(layer.ffn_out, 1, 1, model)
+            keep.append(
+                LayerKeep(heads=heads.nonzero().flatten().tolist(), neurons=neurons.nonzero().flatten().tolist())
+            )
+        in_layout = set(layout.roles())
+        leftovers = {name: self.masks(name)[0].detach().clone() for name in self.targets if name not in in_layout}
+        return keep, leftovers
+
+    def _alive_units(self, module_name: str, dim: int, unit: int, model: nn.Module) -> torch.Tensor:
+        """Bool per unit (rows if dim 0, columns if dim 1, grouped by `unit`) that has a surviving weight."""
+        size = model.get_submodule(module_name).weight.shape[dim]
+        if module_name not in self.targets:
+            return torch.ones(size // unit, dtype=torch.bool)
+        weight_mask, bias_mask = self.masks(module_name)
+        alive = weight_mask.amax(dim=1 - dim) > 0
+        if bias_mask is not None and dim == 0:
+            alive |= bias_mask > 0
+        return alive.view(size // unit, unit).any(dim=1).cpu()
+
+
+def _masked_forward(pruner_ref: list[MovementPruner], name: str):
+    def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        weight_mask, bias_mask = pruner_ref[0].masks(name)
+        bias = self.bias if bias_mask is None or self.bias is None else self.bias * bias_mask
+        return F.linear(x, self.weight * weight_mask, bias)
+
+    return forward
+
+
+def _structure_for(scopes: tuple[str, ...], config: MovementSparsityConfig) -> SparseStructure | None:
+    for structure in config.sparse_structure_by_scopes:
+        if any(matches(s, structure.target_scopes) for s in scopes):
+            return structure
+    return None
+
+
+def attach_movement_pruning(model: nn.Module, config: MovementSparsityConfig, source: str = "config") -> MovementPruner:
+    """Give every targeted linear of `model` importance scores and a masked forward; returns the pruner.
+
+    Targets are the `nn.Linear` layers not matched by `ignored_scopes`; each takes the first
+    `sparse_structure_by_scopes` entry whose `target_scopes` match it, else fine-grained scores (NNCF's
+    rule). Patterns that match nothing, and blocks that do not divide a weight, are config errors.
+    """
+    scopes = module_scopes(model)
+    all_scopes = [s for names in scopes.values() for s in names]
+    for key, patterns in [("movement_sparsity.ignored_scopes", config.ignored_scopes)] + [
+        (f"movement_sparsity.sparse_structure_by_scopes[{i}].target_scopes", s.target_scopes)
+        for i, s in enumerate(config.sparse_structure_by_scopes)
+    ]:
+        for pattern in patterns:
+            if not any(matches(s, [pattern]) for s in all_scopes):
+                raise ConfigError(
+                    f"scope {pattern!r} matches no module of {type(model).__name__} "
+                    f"(module scopes look like {scopes[next(iter(scopes))][0]!r}/...; see the README)",
+                    file=source,
+                    key=key,
+                )
+    targets, shapes = [], {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or matches_any(scopes[name], config.ignored_scopes):
+            continue
+        structure = _structure_for(scopes[name], config)
+        rows, cols = module.weight.shape
+        if structure is None or structure.mode == "fine":
+            mode, factors = "fine", (1, 1)
+        elif structure.mode == "block":
+            mode, factors = "block", structure.sparse_factors
+            if rows % factors[0] or cols % factors[1]:
+                i = config.sparse_structure_by_scopes.index(structure)
+                raise ConfigError(
+                    f"block {list(factors)} does not divide the {rows}x{cols} weight of {name}",
+                    file=source,
+                    key=f"movement_sparsity.sparse_structure_by_scopes[{i}].sparse_factors",
+                )
+        else:
+            mode, factors = "per_dim", ((1, cols) if structure.axis == 0 else (rows, 1))
+        prune_bias = module.bias is not None and factors[0] < rows  # a bias entry per row group
+        targets.append(Target(name, name.replace(".", "__"), mode, tuple(factors), prune_bias))
+        shapes[name] = (rows, cols)
+    if not targets:
+        raise ConfigError("no nn.Linear layer is left to prune after ignored_scopes", file=source, key="movement_sparsity")
+    pruner = MovementPruner(config, targets, shapes)
+    model.add_module(ATTR, pruner)
+    ref = [pruner]  # a list, so the forward closures do not make the pruner a submodule of each linear
+    for t in targets:
+        linear = model.get_submodule(t.module_name)
+        linear.forward = types.MethodType(_masked_forward(ref, t.module_name), linear)
+    return pruner
+
+
+def detach_movement_pruning(model: nn.Module) -> None:
+    """Remove the scores and restore plain `nn.Linear.forward` on every target."""
+    pruner = getattr(model, ATTR, None)
+    if pruner is None:
+        return
+    for name in pruner.targets:
+        model.get_submodule(name).__dict__.pop("forward", None)
+    delattr(model, ATTR)

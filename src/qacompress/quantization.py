@@ -1,0 +1,187 @@
+"""INT8 quantization-aware training: NNCF 3 fake quantizers inside a torch model.
+
+`quantize_(model, config, calibration)` inserts quantizers with `nncf.quantize` (ranges initialised
+on calibration features, `ModelType.TRANSFORMER`), after which the model trains as usual: the
+quantizers' scales are parameters and the weights learn to live on the INT8 grid. The quantizer
+layout is described by a JSON-serialisable config (`nncf.torch.get_config`) so that checkpoints and
+exported directories can rebuild it on a fresh model (`restore_quantization`) and reload the exact
+values. `strip` turns the model into what `openvino.convert_model` maps to INT8 FakeQuantize ops.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from qacompress.config import QuantizationConfig
+from qacompress.errors import ConfigError
+from qacompress.scopes import matches, matches_any, op_scopes
+
+logger = logging.getLogger(__name__)
+
+def _nncf():
+    """Import NNCF quietly: torchao, which it imports, logs missing CUDA kernels on CPU machines."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import nncf
+        import nncf.torch  # noqa: F401
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    return nncf
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when NNCF hooks (quantizers) are attached to `model`."""
+    from nncf.torch.function_hook.wrapper import is_wrapped
+
+    return is_wrapped(model)
+
+
+def resolve_ignored_scope(
+    model: nn.Module, patterns: Sequence[str], example_input: Mapping[str, torch.Tensor], source: str = "config"
+) -> list[str]:
+    """NNCF 3 node names selected by NNCF 2 `ignored_scopes` patterns; a pattern matching nothing is an error."""
+    if not patterns:
+        return []
+    scopes = op_scopes(model, example_input)
+    names: list[str] = []
+    for pattern in patterns:
+        hits = [node for node, old in scopes.items() if matches(node, [pattern]) or matches_any(old, [pattern])]
+        if not hits:
+            raise ConfigError(
+                f"pattern {pattern!r} matches no operation of {type(model).__name__} "
+                "(scopes are matched in NNCF 2 form, e.g. '.../BertSelfOutput[output]/__add___0', and NNCF 3 form)",
+                file=source,
+                key="quantization.ignored_scopes",
+            )
+        names.extend(h for h in hits if h not in names)
+    return names
+
+
+def _range_estimator(config: QuantizationConfig) -> Any:
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    if config.range_type == "min_max":
+        return RangeEstimatorParametersSet.MINMAX
+    if config.range_type == "mean_min_max":
+        return RangeEstimatorParametersSet.MEAN_MINMAX
+    # NNCF 2 percentiles are in percent; NNCF 3 wants the outlier probability of each side.
+    aggregator = AggregatorType.MEAN if config.range_type == "mean_percentile" else AggregatorType.MEDIAN
+    return RangeEstimatorParameters(
+        min=StatisticsCollectorParameters(
+            statistics_type=StatisticsType.QUANTILE,
+            aggregator_type=aggregator,
+            quantile_outlier_prob=config.min_percentile / 100.0,
+        ),
+        max=StatisticsCollectorParameters(
+            statistics_type=StatisticsType.QUANTILE,
+            aggregator_type=aggregator,
+            quantile_outlier_prob=(100.0 - config.max_percentile) / 100.0,
+        ),
+    )
+
+
+def _quantizer_params(params: Any) -> Any:
+    from nncf.common.quantization.structs import QuantizationScheme
+    from nncf.quantization.advanced_parameters import QuantizationParameters
+
+    if params.mode is None and params.per_channel is None and params.signed is None:
+        return None
+    mode = None if params.mode is None else QuantizationScheme(params.mode)
+    return QuantizationParameters(mode=mode, per_channel=params.per_channel, signedness_to_force=params.signed)
+
+
+def quantize_(
+    model: nn.Module,
+    config: QuantizationConfig,
+    calibration: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    source: str = "config",
+) -> nn.Module:
+    """Insert INT8 fake quantizers into `model` in place, ranges initialised on `calibration`.
+
+    `calibration` holds model-input dicts (batch size 1 each); the first `num_init_samples` are used.
+    Every process of a distributed run must pass the same samples so the ranges agree.
+    """
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    if not calibration:
+        raise ConfigError("quantization needs at least one calibration sample", file=source)
+    samples = list(calibration[: config.num_init_samples])
+    example = samples[0]
+    ignored = resolve_ignored_scope(model, config.ignored_scopes, example, source)
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=None if config.overflow_fix is None else OverflowFix(config.overflow_fix),
+        activations_quantization_params=_quantizer_params(config.activations),
+        weights_quantization_params=_quantizer_params(config.weights),
+        activations_range_estimator_params=_range_estimator(config),
+    )
+    was_training = model.training
+    model.eval()
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(samples),
+        preset=nncf.QuantizationPreset(config.preset),
+        target_device=nncf.TargetDevice[config.target_device],
+        subset_size=len(samples),
+        model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+        advanced_parameters=advanced,
+    )
+    quantized.train(was_training)
+    return quantized
+
+
+def quantizer_layout(model: nn.Module) -> str:
+    """JSON description of the quantizers in `model` (not their values), safe to store and reload.
+
+    NNCF's config holds enum members (e.g. `QuantizationScheme.SYMMETRIC`); they are written as
+    `{"__enum__": "module.Class", "value": ...}` so that no pickle is needed to read them back.
+    """
+    from nncf.torch import get_config
+
+    def encode(obj: Any) -> Any:
+        if isinstance(obj, enum.Enum):
+            cls = type(obj)
+            return {"__enum__": f"{cls.__module__}.{cls.__qualname__}", "value": obj.value}
+        raise TypeError(f"cannot serialise {type(obj).__name__} in a quantizer layout")
+
+    return json.dumps(get_config(model), default=encode)
+
+
+def restore_quantization(model: nn.Module, layout: str) -> nn.Module:
+    """Attach the quantizers described by `layout` to a fresh `model`; load values with `load_state_dict`."""
+    _nncf()
+    from nncf.torch import load_from_config
+
+    def decode(obj: dict[str, Any]) -> Any:
+        if set(obj) == {"__enum__", "value"}:
+            module_name, _, name = obj["__enum__"].rpartition(".")
+            if not module_name.startswith("nncf."):
+                raise ValueError(f"unexpected enum {obj['__enum__']} in a quantizer layout")
+            return getattr(importlib.import_module(module_name), name)(obj["value"])
+        return obj
+
+    return load_from_config(model, json.loads(layout, object_hook=decode))
+
+
+def strip(model: nn.Module, example_input: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of `model` whose quantizers are plain fake-quantize ops, ready for OpenVINO conversion."""
+    nncf = _nncf()
+    return nncf.strip(model, do_copy=True, example_input=dict(example_input))

@@ -1,0 +1,297 @@
+"""The `qacompress train` job: run_qa.py's fine-tuning, with compression, end to end.
+
+Read top to bottom: load tokenizer, data and features; pick the compression (a config file, the
+default INT8 QAT, or none); then either one training phase (FP32 or QAT) or, with movement sparsity,
+two: a float warm-up that learns which heads and neurons to drop, physical removal of them, then
+fine-tuning of the smaller model with quantizers (JPQD). Each phase is a plain `Trainer` run, so
+checkpoints, logging, `torchrun` and `--resume_from_checkpoint` behave as in transformers. The end
+result is a model directory with the torch model, tokenizer and OpenVINO IR, and the result files of
+transformers' examples.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, default_data_collator, set_seed
+
+from qacompress import atomic
+from qacompress.arguments import DataTrainingArguments, ModelArguments, QACompressTrainingArguments
+from qacompress.config import CompressionConfig, default_compression_config, load_compression_config
+from qacompress.data import load_examples
+from qacompress.distillation import DistillationConfig, check_teacher_tokenizer, freeze_teacher
+from qacompress.errors import ConfigError, QACompressError
+from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, squad_compute_metrics, write_predictions
+from qacompress.export import save_model_dir
+from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features, prepare_train_features
+from qacompress.models import default_model_path, load_qa_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+@dataclass
+class Data:
+    """Examples and features of one run (None where the split is not used)."""
+
+    train_features: Any = None
+    eval_examples: Any = None
+    eval_features: Any = None
+    collator: Any = default_data_collator
+
+
+# ---- set-up -------------------------------------------------------------------------------------------
+def resolve_compression(args: QACompressTrainingArguments) -> CompressionConfig | None:
+    """The compression a run applies: the given config, default QAT, or none for FP32."""
+    if args.compression == "none":
+        return None
+    if args.nncf_compression_config:
+        config = load_compression_config(args.nncf_compression_config)
+    else:
+        config = default_compression_config()
+    for warning in config.warnings:
+        logger.warning(warning)
+    return config
+
+
+def last_complete_checkpoint(directory: str | Path) -> str | None:
+    """The newest `checkpoint-N` whose save finished (trainer_state.json is written last)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = []
+    for path in directory.glob("checkpoint-*"):
+        suffix = path.name.split("-", 1)[1]
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(suffix), path))
+    return str(max(found)[1]) if found else None
+
+
+def check_output_dir(args: QACompressTrainingArguments) -> None:
+    """Refuse to train into a non-empty output_dir that holds nothing to resume (as run_qa did)."""
+    out = Path(args.output_dir)
+    if not args.do_train or not out.is_dir() or args.overwrite_output_dir or args.resume_from_checkpoint:
+        return
+    from qacompress.jpqd import PRUNED_DIR
+
+    resumable = last_complete_checkpoint(out) or (out / PRUNED_DIR).is_dir()
+    if not resumable and any(out.iterdir()):
+        raise QACompressError(
+            f"output directory {out} already exists and is not empty, and holds no checkpoint to resume; "
+            "use --overwrite_output_dir to train into it anyway, or choose another --output_dir"
+        )
+
+
+def load_data(data_args: DataTrainingArguments, args: QACompressTrainingArguments, tokenizer) -> Data:
+    """Examples and features for the requested splits (prepared once, on the main process first)."""
+    data = Data(collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer))
+    train_source = data_args.train_file or data_args.dataset_name
+    eval_source = data_args.validation_file or data_args.dataset_name
+    if args.do_train and not train_source:
+        raise QACompressError("--do_train needs --train_file or --dataset_name")
+    if args.do_eval and not eval_source:
+        raise QACompressError("--do_eval needs --validation_file or --dataset_name")
+    common = dict(
+        max_seq_length=data_args.max_seq_length,
+        doc_stride=data_args.doc_stride,
+        pad_to_max_length=data_args.pad_to_max_length,
+        num_proc=data_args.preprocessing_num_workers,
+        load_from_cache_file=not data_args.overwrite_cache,
+    )
+    load = dict(
+        dataset_config_name=data_args.dataset_config_name,
+        version_2_with_negative=data_args.version_2_with_negative,
+    )
+    with args.main_process_first(desc="dataset preprocessing"):
+        if args.do_train:
+            examples = load_examples(train_source, split="train", max_samples=data_args.max_train_samples, **load)
+            data.train_features = prepare_train_features(examples, tokenizer, **common)
+        if args.do_eval:
+            data.eval_examples = load_examples(
+                eval_source, split="validation", max_samples=data_args.max_eval_samples, **load
+            )
+            data.eval_features = prepare_eval_features(data.eval_examples, tokenizer, **common)
+    return data
+
+
+def calibration_samples(features: Any, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """`count` training features (batch 1 each), the same on every process of a distributed run."""
+    order = np.random.default_rng(seed).permutation(len(features))[:count]
+    columns = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
+    rows = features.select(order.tolist())
+    return [{c: torch.tensor([row[c]]) for c in columns} for row in rows]
+
+
+def model_inputs(features: Any, with_labels: bool) -> Any:
+    keep = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
+    if with_labels:
+        keep += ["start_positions", "end_positions"]
+    return features.select_columns(keep)
+
+
+# ---- one training phase -----------------------------------------------------------------------------
+def fit(
+    model: torch.nn.Module,
+    tokenizer,
+    args: QACompressTrainingArguments,
+    data: Data,
+    settings: DecodeSettings,
+    *,
+    teacher: torch.nn.Module | None = None,
+    resume: str | None = None,
+    schedule_epochs: tuple[float, float] | None = None,
+    callbacks: list | None = None,
+):
+    """Train `model` with one `QACompressTrainer`; returns the trainer and its TrainOutput metrics."""
+    from qacompress.trainer import QACompressTrainer
+
+    compute_metrics = None
+    if data.eval_features is not None:
+        compute_metrics = squad_compute_metrics(
+            data.eval_examples,
+            data.eval_features,
+            settings,
+            on_predictions=lambda p: args.should_save and write_predictions(args.output_dir, p),
+        )
+    trainer = QACompressTrainer(
+        model=model,
+        args=args,
+        train_dataset=model_inputs(data.train_features, True) if data.train_features is not None else None,
+        eval_dataset=model_inputs(data.eval_features, False) if data.eval_features is not None else None,
+        processing_class=tokenizer,
+        data_collator=data.collator,
+        compute_metrics=compute_metrics,
+        teacher=teacher,
+        distillation=DistillationConfig(args.distillation_weight, args.distillation_temperature),
+        schedule_epochs=schedule_epochs,
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    return trainer, dict(result.metrics)
+
+
+# ---- the job -----------------------------------------------------------------------------------------
+def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args: QACompressTrainingArguments) -> dict:
+    """Fine-tune (with compression), evaluate and export; returns all metrics."""
+    set_seed(args.seed)
+    check_output_dir(args)
+    model_path = model_args.model_name_or_path or default_model_path()
+    if model_args.model_name_or_path is None:
+        logger.info("no --model_name_or_path: using the packaged all-MiniLM-L6-v2 encoder at %s", model_path)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_path, cache_dir=model_args.cache_dir)
+    compression = resolve_compression(args)
+    teacher = load_teacher(model_args, tokenizer)
+    data = load_data(data_args, args, tokenizer)
+    settings = DecodeSettings(
+        version_2_with_negative=data_args.version_2_with_negative,
+        n_best_size=data_args.n_best_size,
+        max_answer_length=data_args.max_answer_length,
+        null_score_diff_threshold=data_args.null_score_diff_threshold,
+    )
+    load = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision)
+    if model_args.config_name:
+        from qacompress.models import load_config
+
+        load["config"] = load_config(model_args.config_name, cache_dir=model_args.cache_dir)
+
+    metrics: dict[str, Any] = {}
+    if args.do_train:
+        if compression is not None and compression.movement_sparsity is not None:
+            from qacompress.jpqd import train_jpqd
+
+            model, train_metrics = train_jpqd(model_path, load, tokenizer, compression, args, data, settings, teacher)
+        else:
+            model, train_metrics = train_single_phase(model_path, load, tokenizer, compression, args, data, settings, teacher)
+        train_metrics["train_samples"] = len(data.train_features)
+        metrics.update(train_metrics)
+        if args.should_save:
+            atomic.write_json(Path(args.output_dir) / "train_results.json", train_metrics)
+            save_model_dir(model, tokenizer, args.output_dir, export_ir=args.export_openvino)
+    else:
+        model = load_qa_model(model_path, **load)
+    if args.do_eval:
+        metrics.update(evaluate_after_training(model, tokenizer, args, data, settings))
+    if args.should_save:
+        atomic.write_json(Path(args.output_dir) / "all_results.json", metrics)
+    return metrics
+
+
+def load_teacher(model_args: ModelArguments, tokenizer) -> torch.nn.Module | None:
+    """The frozen teacher, refused if it does not share the student's tokenizer."""
+    name = model_args.teacher_model_name_or_path
+    if not name:
+        return None
+    teacher_tokenizer = load_tokenizer(name, cache_dir=model_args.cache_dir)
+    check_teacher_tokenizer(tokenizer, teacher_tokenizer, name)
+    return freeze_teacher(load_qa_model(name, cache_dir=model_args.cache_dir))
+
+
+def train_single_phase(
+    model_path: str,
+    load: dict,
+    tokenizer,
+    compression: CompressionConfig | None,
+    args: QACompressTrainingArguments,
+    data: Data,
+    settings: DecodeSettings,
+    teacher: torch.nn.Module | None,
+) -> tuple[torch.nn.Module, dict]:
+    """FP32 fine-tuning, or QAT when the compression has a quantization section."""
+    from qacompress.checkpoint import apply_compression_state, load_compression_state
+    from qacompress.quantization import is_quantized, quantize_
+
+    resume = resolve_resume(args, Path(args.output_dir))
+    model = load_qa_model(model_path, **load)
+    qconfig = compression.quantization if compression is not None else None
+    if qconfig is not None and not is_quantized(model):
+        if resume:
+            model = apply_compression_state(model, load_compression_state(resume))
+        else:
+            samples = calibration_samples(data.train_features, qconfig.num_init_samples, args.seed)
+            model = quantize_(model, qconfig, samples, source=compression.source)
+    trainer, train_metrics = fit(model, tokenizer, args, data, settings, teacher=teacher, resume=resume)
+    trainer.save_state()
+    return trainer.accelerator.unwrap_model(trainer.model), train_metrics
+
+
+def resolve_resume(args: QACompressTrainingArguments, directory: Path) -> str | None:
+    """The checkpoint to resume from: the one asked for, else the newest complete one (as run_qa)."""
+    if args.resume_from_checkpoint:
+        if not Path(args.resume_from_checkpoint).is_dir():
+            raise QACompressError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such directory")
+        return args.resume_from_checkpoint
+    if args.overwrite_output_dir:
+        return None
+    found = last_complete_checkpoint(directory)
+    if found:
+        logger.info("resuming from %s (pass --overwrite_output_dir to start afresh)", found)
+    return found
+
+
+def evaluate_after_training(model, tokenizer, args: QACompressTrainingArguments, data: Data, settings) -> dict:
+    """SQuAD metrics of the torch model and, when exported, of its OpenVINO IR on the same features."""
+    from qacompress.runtime import OpenVINOQAModel, TorchQAModel
+    from qacompress.models import is_openvino_dir
+
+    metrics = {}
+    if args.should_save or not args.do_train:
+        predictions, torch_metrics = evaluate_runner(
+            TorchQAModel(model), data.eval_examples, data.eval_features, settings,
+            batch_size=args.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id or 0,
+        )
+        metrics.update(prefixed(torch_metrics, "eval"))
+        if args.should_save:
+            write_predictions(args.output_dir, predictions)
+            if args.export_openvino and is_openvino_dir(args.output_dir):
+                runner = OpenVINOQAModel(args.output_dir, precision=args.inference_precision)
+                ov_predictions, ov_metrics = evaluate_runner(
+                    runner, data.eval_examples, data.eval_features, settings,
+                    batch_size=args.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id or 0,
+                )
+                metrics.update(prefixed(ov_metrics, "eval_openvino"))
+                write_predictions(args.output_dir, ov_predictions, prefix="eval_openvino")
+            atomic.write_json(Path(args.output_dir) / "eval_results.json", metrics)
+    return metrics

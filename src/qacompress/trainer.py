@@ -1,0 +1,144 @@
+"""`transformers.Trainer`, extended only through its public hooks, for compressed QA training.
+
+- `compute_loss`: task loss, plus distillation from a frozen teacher, plus movement pruning's
+  regulariser (added once);
+- `log`: the loss parts, the importance threshold and sparsity per layer role at every logging step
+  (so they reach the console, `trainer_state.json` and TensorBoard);
+- `save_model`: plain weights with `save_pretrained` plus `compression_state.pt` (quantizers, scores,
+  schedule), because safetensors cannot hold NNCF's shared quantizer scales;
+- `create_scheduler`: one learning-rate schedule across the phases of a JPQD run;
+- `MovementScheduleCallback`: moves the pruning threshold at every optimizer step.
+The inner training loop stays transformers' own (the old OVTrainer copied it and broke on every
+release).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from qacompress.checkpoint import save_compressed
+from qacompress.distillation import DistillationConfig, distillation_loss
+from qacompress.movement import ATTR, MovementPruner
+
+LABELS = ("start_positions", "end_positions")
+
+
+class QACompressTrainer(Trainer):
+    """Trainer with distillation, movement-pruning regularisation and compression-aware saving."""
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher: nn.Module | None = None,
+        distillation: DistillationConfig | None = None,
+        schedule_epochs: tuple[float, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+        self.distillation = distillation or DistillationConfig()
+        self.schedule_epochs = schedule_epochs  # (epochs before this phase, epochs of the whole run)
+        self._loss_parts: dict[str, float] = defaultdict(float)
+        self._loss_count = 0
+        if teacher is not None:
+            teacher.to(self.args.device)
+
+    @property
+    def pruner(self) -> MovementPruner | None:
+        return getattr(self.accelerator.unwrap_model(self.model), ATTR, None)
+
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ):
+        outputs = model(**inputs)
+        task = outputs.loss
+        loss = task
+        parts = {"task_loss": task.detach()}
+        if self.teacher is not None and model.training:
+            with torch.no_grad():
+                teacher_out = self.teacher(**{k: v for k, v in inputs.items() if k not in LABELS})
+            distill = distillation_loss(
+                (outputs.start_logits, outputs.end_logits),
+                (teacher_out.start_logits, teacher_out.end_logits),
+                self.distillation.temperature,
+                inputs.get("attention_mask"),
+            )
+            w = self.distillation.weight
+            loss = (1.0 - w) * task + w * distill
+            parts["distillation_loss"] = distill.detach()
+        pruner = self.pruner
+        if pruner is not None and model.training:
+            compression = pruner.regularization()
+            loss = loss + compression
+            parts["compression_loss"] = compression.detach()
+        if model.training:
+            for key, value in parts.items():
+                self._loss_parts[key] += float(value)
+            self._loss_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._loss_count:
+            for key, total in self._loss_parts.items():
+                logs[key] = round(total / self._loss_count, 6)
+            self._loss_parts.clear()
+            self._loss_count = 0
+            pruner = self.pruner
+            if pruner is not None:
+                logs["importance_threshold"] = pruner.threshold
+                logs["importance_regularization_factor"] = pruner.regularization_factor
+                for role, value in pruner.sparsity(self.accelerator.unwrap_model(self.model)).items():
+                    logs[f"sparsity/{role}"] = round(value, 4)
+        super().log(logs, start_time)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """Within a multi-phase run, stretch the schedule over all phases and start at this phase's offset."""
+        if not self.schedule_epochs or not self.args.num_train_epochs:
+            return super().create_scheduler(num_training_steps, optimizer)
+        before, total = self.schedule_epochs
+        per_epoch = num_training_steps / self.args.num_train_epochs
+        scheduler = super().create_scheduler(max(1, math.ceil(per_epoch * total)), optimizer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stepping before any optimizer step is the point here
+            for _ in range(round(per_epoch * before)):
+                scheduler.step()
+        return scheduler
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save weights with `save_pretrained` and compression state beside them (main process only)."""
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        pruner = self.pruner
+        extra = {"movement_schedule": pruner.schedule_state()} if pruner is not None else None
+        save_compressed(model, output_dir, extra_state=extra)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+class MovementScheduleCallback(TrainerCallback):
+    """Sets the pruning threshold and regularisation factor for each optimizer step."""
+
+    def __init__(self, pruner: MovementPruner) -> None:
+        self.pruner = pruner
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.pruner.steps_per_epoch is None:
+            # What NNCF derived during the first epoch, known up front from the Trainer's step count.
+            self.pruner.steps_per_epoch = max(1, math.ceil(state.max_steps / args.num_train_epochs))
+        self.pruner.set_step(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.pruner.set_step(state.global_step)
