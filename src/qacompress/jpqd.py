@@ -59,12 +59,12 @@ def _check_schedule(compression: CompressionConfig, args: Any) -> None:
 
 
 def freeze_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Zero the masked weights of linears outside heads/FFN and keep them zero while training."""
+    """Zero masked parameters (`{"<module>.weight": mask}`) and keep them zero while training."""
     for name, mask in masks.items():
-        weight = model.get_submodule(name).weight
+        param = model.get_parameter(name)
         with torch.no_grad():
-            weight.mul_(mask)
-        weight.register_hook(lambda grad, mask=mask: grad * mask)
+            param.mul_(mask)
+        param.register_hook(lambda grad, mask=mask: grad * mask)
 
 
 def train_jpqd(
@@ -120,10 +120,10 @@ def train_jpqd(
         if resume:
             model = apply_compression_state(model, load_compression_state(resume))
         else:
-            from qacompress.quantization import quantize_
+            from qacompress.quantization import quantize_model
 
             samples = calibration_samples(data.train_features, qconfig.num_init_samples, args.seed)
-            model = quantize_(model, qconfig, samples, source=compression.source)
+            model = quantize_model(model, qconfig, samples, source=compression.source)
     if finetune_args.num_train_epochs > 0:
         trainer, phase = fit(
             model, tokenizer, finetune_args, data, settings, teacher=teacher, resume=resume,
@@ -145,16 +145,16 @@ def save_pruned(
     """Resolve the warm-up's masks, cut out removed heads/neurons, and save the float model."""
     layout = require_layout(model)
     pruner.set_step(pruner.warmup_bounds()[1])  # the final threshold, whatever step training stopped at
-    keep, leftovers = pruner.resolve_structure(model, layout)
+    keep, frozen = pruner.resolve_structure(model, layout)
     if not structured:
-        leftovers = {name: pruner.masks(name)[0].detach().clone() for name in pruner.targets}
+        frozen = pruner.parameter_masks(list(pruner.targets))
     detach_movement_pruning(model)
     if structured:
-        prune_(model, keep)
-    freeze_zeros(model, leftovers)
+        frozen.update(prune_(model, keep))
+    freeze_zeros(model, frozen)
     kept = [{"heads": k.heads, "neurons": k.neurons} for k in keep]
     logger.info("after pruning warm-up: %s", current_sizes(model))
-    save_model_dir(model, tokenizer, directory, export_ir=False, extra_state={"frozen_masks": leftovers, "kept": kept})
+    save_model_dir(model, tokenizer, directory, export_ir=False, extra_state={"frozen_masks": frozen, "kept": kept})
 
 
 def _barrier(args: Any) -> None:

@@ -129,12 +129,11 @@ class MovementPruner(nn.Module):
             return
         if self.init_threshold is None:
             self.init_threshold = self._adaptive_init_threshold()
-        scale = polynomial_scale((step - start) / max(end - start, 1), self.config.power)
-        if step >= end:
-            scale = 1.0
+        scale = 1.0 if step >= end else polynomial_scale((step - start) / max(end - start, 1), self.config.power)
         final = self.config.final_importance_threshold
         self.threshold = self.init_threshold + scale * (final - self.init_threshold)
-        self.regularization_factor = scale * self.config.importance_regularization_factor
+        # After warm-up the masks are final and NNCF dropped the regulariser; so do we.
+        self.regularization_factor = 0.0 if step >= end else scale * self.config.importance_regularization_factor
 
     @torch.no_grad()
     def _adaptive_init_threshold(self, target_sparsity: float = 0.001) -> float:
@@ -175,8 +174,10 @@ class MovementPruner(nn.Module):
 
     # ---- structure ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def resolve_structure(self, model: nn.Module, layout: EncoderLayout) -> tuple[list[LayerKeep], dict[str, torch.Tensor]]:
-        """Heads and neurons to keep per layer, and the masks left for linears outside heads/FFN.
+    def resolve_structure(
+        self, model: nn.Module, layout: EncoderLayout
+    ) -> tuple[list[LayerKeep], dict[str, torch.Tensor]]:
+        """Heads and neurons to keep per layer, and the parameter masks left for linears outside heads/FFN.
 
         A unit survives if any of its weights survived in any linear of its group (logical OR, as in
         NNCF's structured masking); surviving units are kept whole.
@@ -191,8 +192,18 @@ class MovementPruner(nn.Module):
                 LayerKeep(heads=heads.nonzero().flatten().tolist(), neurons=neurons.nonzero().flatten().tolist())
             )
         in_layout = set(layout.roles())
-        leftovers = {name: self.masks(name)[0].detach().clone() for name in self.targets if name not in in_layout}
-        return keep, leftovers
+        return keep, self.parameter_masks([name for name in self.targets if name not in in_layout])
+
+    @torch.no_grad()
+    def parameter_masks(self, module_names: list[str]) -> dict[str, torch.Tensor]:
+        """`{"<module>.weight": mask, "<module>.bias": mask}` of the given targets at the current threshold."""
+        masks = {}
+        for name in module_names:
+            weight_mask, bias_mask = self.masks(name)
+            masks[f"{name}.weight"] = weight_mask.detach().clone()
+            if bias_mask is not None:
+                masks[f"{name}.bias"] = bias_mask.detach().clone()
+        return masks
 
     def _alive_units(self, module_name: str, dim: int, unit: int, model: nn.Module) -> torch.Tensor:
         """Bool per unit (rows if dim 0, columns if dim 1, grouped by `unit`) that has a surviving weight."""
@@ -206,13 +217,11 @@ class MovementPruner(nn.Module):
         return alive.view(size // unit, unit).any(dim=1).cpu()
 
 
-def _masked_forward(pruner_ref: list[MovementPruner], name: str):
-    def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        weight_mask, bias_mask = pruner_ref[0].masks(name)
-        bias = self.bias if bias_mask is None or self.bias is None else self.bias * bias_mask
-        return F.linear(x, self.weight * weight_mask, bias)
-
-    return forward
+def _masked_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`nn.Linear.forward` with the pruner's current masks applied to weight and bias."""
+    weight_mask, bias_mask = self.qacompress_pruner[0].masks(self.qacompress_target)
+    bias = self.bias if bias_mask is None or self.bias is None else self.bias * bias_mask
+    return F.linear(x, self.weight * weight_mask, bias)
 
 
 def _structure_for(scopes: tuple[str, ...], config: MovementSparsityConfig) -> SparseStructure | None:
@@ -269,10 +278,13 @@ def attach_movement_pruning(model: nn.Module, config: MovementSparsityConfig, so
         raise ConfigError("no nn.Linear layer is left to prune after ignored_scopes", file=source, key="movement_sparsity")
     pruner = MovementPruner(config, targets, shapes)
     model.add_module(ATTR, pruner)
-    ref = [pruner]  # a list, so the forward closures do not make the pruner a submodule of each linear
+    ref = [pruner]  # in a list, so that the pruner does not become a submodule of each linear
     for t in targets:
         linear = model.get_submodule(t.module_name)
-        linear.forward = types.MethodType(_masked_forward(ref, t.module_name), linear)
+        # Instance attributes and a bound method (not a closure): `copy.deepcopy` of the model then
+        # re-binds the copy's linears to the copy's pruner.
+        linear.qacompress_pruner, linear.qacompress_target = ref, t.module_name
+        linear.forward = types.MethodType(_masked_forward, linear)
     return pruner
 
 
@@ -282,5 +294,6 @@ def detach_movement_pruning(model: nn.Module) -> None:
     if pruner is None:
         return
     for name in pruner.targets:
-        model.get_submodule(name).__dict__.pop("forward", None)
+        for attr in ("forward", "qacompress_pruner", "qacompress_target"):
+            model.get_submodule(name).__dict__.pop(attr, None)
     delattr(model, ATTR)

@@ -1,6 +1,6 @@
 """INT8 quantization-aware training: NNCF 3 fake quantizers inside a torch model.
 
-`quantize_(model, config, calibration)` inserts quantizers with `nncf.quantize` (ranges initialised
+`quantize_model(model, config, calibration)` inserts quantizers with `nncf.quantize` (ranges initialised
 on calibration features, `ModelType.TRANSFORMER`), after which the model trains as usual: the
 quantizers' scales are parameters and the weights learn to live on the INT8 grid. The quantizer
 layout is described by a JSON-serialisable config (`nncf.torch.get_config`) so that checkpoints and
@@ -106,20 +106,26 @@ def _quantizer_params(params: Any) -> Any:
     return QuantizationParameters(mode=mode, per_channel=params.per_channel, signedness_to_force=params.signed)
 
 
-def quantize_(
+def quantize_model(
     model: nn.Module,
     config: QuantizationConfig,
     calibration: Sequence[Mapping[str, torch.Tensor]],
     *,
     source: str = "config",
 ) -> nn.Module:
-    """Insert INT8 fake quantizers into `model` in place, ranges initialised on `calibration`.
+    """A copy of `model` with INT8 fake quantizers, ranges initialised on `calibration`.
 
     `calibration` holds model-input dicts (batch size 1 each); the first `num_init_samples` are used.
-    Every process of a distributed run must pass the same samples so the ranges agree.
+    Every process of a distributed run must pass the same samples so the ranges agree. SmoothQuant is
+    off: it would fold activation scales into the weights and leave `model.safetensors` unusable
+    without qacompress, and QAT learns what it would fix.
     """
     nncf = _nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
 
     if not calibration:
         raise ConfigError("quantization needs at least one calibration sample", file=source)
@@ -131,6 +137,7 @@ def quantize_(
         activations_quantization_params=_quantizer_params(config.activations),
         weights_quantization_params=_quantizer_params(config.weights),
         activations_range_estimator_params=_range_estimator(config),
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1),
     )
     was_training = model.training
     model.eval()

@@ -68,11 +68,11 @@ def compression_report(
     if export_ir:
         if compression.quantization is not None:
             from qacompress.export import example_inputs
-            from qacompress.quantization import quantize_
+            from qacompress.quantization import quantize_model
 
             # Ranges do not change the size, so one calibration sample is enough for the reference.
             config = dataclasses.replace(compression.quantization, num_init_samples=1)
-            base = quantize_(base, config, [example_inputs(tokenizer)], source=compression.source)
+            base = quantize_model(base, config, [example_inputs(tokenizer)], source=compression.source)
         report["ir_bytes_before"] = ir_size(base, tokenizer)
         report["ir_bytes_after"] = ir_size(model, tokenizer)
     output_dir = Path(output_dir)

@@ -71,8 +71,13 @@ def current_sizes(model: nn.Module, layout: EncoderLayout | None = None) -> list
     ]
 
 
-def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> None:
-    """Cut the heads and neurons not listed in `keep` out of `model`, in place."""
+def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> dict[str, torch.Tensor]:
+    """Cut the heads and neurons not listed in `keep` out of `model`, in place.
+
+    Returns parameter masks (`{"<module>.weight": mask}`) that keep the zeroed stand-in unit of an
+    emptied layer at zero if the model is trained further.
+    """
+    frozen: dict[str, torch.Tensor] = {}
     layout = require_layout(model)
     if len(keep) != len(layout.layers):
         raise ValueError(f"expected {len(layout.layers)} LayerKeep entries, got {len(keep)}")
@@ -85,6 +90,8 @@ def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> None:
             _set(model, name, _slice_linear(model.get_submodule(name), head_idx, 0, zero=False))
         out = layer.attention_output
         _set(model, out, _slice_linear(model.get_submodule(out), head_idx, 1, zero=empty))
+        if empty:
+            frozen[f"{out}.weight"] = torch.zeros_like(model.get_submodule(out).weight)
         holder = model.get_submodule(layer.heads_module)
         for attr in _HEAD_COUNT_ATTRS:
             if hasattr(holder, attr):
@@ -100,7 +107,10 @@ def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> None:
             layer.ffn_out,
             _slice_linear(model.get_submodule(layer.ffn_out), neuron_idx, 1, zero=not spec.neurons),
         )
+        if not spec.neurons:
+            frozen[f"{layer.ffn_out}.weight"] = torch.zeros_like(model.get_submodule(layer.ffn_out).weight)
     record_pruning(model)
+    return frozen
 
 
 def record_pruning(model: nn.Module) -> None:

@@ -241,7 +241,7 @@ def train_single_phase(
 ) -> tuple[torch.nn.Module, dict]:
     """FP32 fine-tuning, or QAT when the compression has a quantization section."""
     from qacompress.checkpoint import apply_compression_state, load_compression_state
-    from qacompress.quantization import is_quantized, quantize_
+    from qacompress.quantization import is_quantized, quantize_model
 
     resume = resolve_resume(args, Path(args.output_dir))
     model = load_qa_model(model_path, **load)
@@ -251,7 +251,7 @@ def train_single_phase(
             model = apply_compression_state(model, load_compression_state(resume))
         else:
             samples = calibration_samples(data.train_features, qconfig.num_init_samples, args.seed)
-            model = quantize_(model, qconfig, samples, source=compression.source)
+            model = quantize_model(model, qconfig, samples, source=compression.source)
     trainer, train_metrics = fit(model, tokenizer, args, data, settings, teacher=teacher, resume=resume)
     trainer.save_state()
     return trainer.accelerator.unwrap_model(trainer.model), train_metrics

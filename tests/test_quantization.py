@@ -1,0 +1,380 @@
+"""INT8 QAT with real NNCF 3 on a tiny random BERT QA model, and what happens to it afterwards:
+quantizer placement (default and seed configs, NNCF 2 ignored scopes), percentile range init,
+checkpoints that restore the exact model, model directories with an OpenVINO IR (FakeQuantize, INT8
+weights, dynamic shapes, logits that agree with torch), the runner that picks the backend, and plain
+weights that transformers loads on its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+from torch import nn
+
+from qacompress.checkpoint import STATE_FILE, save_compressed, split_state_dict
+from qacompress.config import QuantizationConfig, default_compression_config, load_compression_config
+from qacompress.errors import ConfigError, ModelError
+from qacompress.export import save_model_dir
+from qacompress.models import IR_FILE, load_qa_model, load_tokenizer
+from qacompress.quantization import is_quantized, quantize_model, resolve_ignored_scope
+from qacompress.runtime import OpenVINOQAModel, TorchQAModel, load_runner
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+N_LINEARS = 2 * 6 + 1  # q, k, v, attention output, FFN in, FFN out per layer, plus the QA head
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_bert_dir):
+    return load_tokenizer(str(tiny_bert_dir))
+
+
+@pytest.fixture(scope="module")
+def squad_pairs(squad_dir):
+    data = json.loads((squad_dir / "v1.1" / "dev.json").read_text(encoding="utf-8"))
+    pairs = [(q["question"], p["context"]) for a in data["data"] for p in a["paragraphs"] for q in p["qas"]]
+    return pairs[:6]
+
+
+@pytest.fixture(scope="module")
+def calibration(tok, squad_pairs):
+    """Real SQuAD (question, context) features, batch size 1 each, as `quantize_model` expects."""
+    samples = []
+    for question, context in squad_pairs:
+        enc = tok(question, context, truncation="only_second", max_length=64, return_tensors="pt")
+        samples.append({k: enc[k] for k in INPUT_NAMES})
+    return samples
+
+
+def batch(tok, pairs, length: int, size: int) -> dict[str, np.ndarray]:
+    """A padded batch of `size` SQuAD features of `length` tokens, as int64 numpy arrays."""
+    questions, contexts = zip(*pairs[:size])
+    enc = tok(list(questions), list(contexts), truncation="only_second", max_length=length,
+              padding="max_length", return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in INPUT_NAMES}
+
+
+def torch_logits(model: nn.Module, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    return out.start_logits.numpy(), out.end_logits.numpy()
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_bert_dir):
+    return load_qa_model(str(tiny_bert_dir)).eval()
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_bert_dir, calibration):
+    """The tiny BERT after QAT set-up with the default config (what `qacompress train --qat` does)."""
+    model = load_qa_model(str(tiny_bert_dir))
+    model.train()
+    q = quantize_model(model, default_compression_config().quantization, calibration)
+    assert q.training, "quantize_model must give the model back in the mode it came in"
+    return q.eval()
+
+
+@pytest.fixture(scope="module")
+def seed_config(seed_configs_dir):
+    return load_compression_config(seed_configs_dir / "bert-base-jpqd.json").quantization
+
+
+@pytest.fixture(scope="module")
+def seed_quantized(tiny_bert_dir, calibration, seed_config):
+    """Quantized with the seed JPQD config's quantization section (percentile ranges, embeddings not ignored)."""
+    return quantize_model(load_qa_model(str(tiny_bert_dir)), seed_config, calibration).eval()
+
+
+@pytest.fixture(scope="module")
+def quantized_dir(quantized, tok, tmp_path_factory):
+    return save_model_dir(quantized, tok, tmp_path_factory.mktemp("qat") / "model")
+
+
+@pytest.fixture(scope="module")
+def plain_dir(plain, tok, tmp_path_factory):
+    return save_model_dir(plain, tok, tmp_path_factory.mktemp("plain") / "model")
+
+
+def quantizers(model: nn.Module) -> dict[str, nn.Module]:
+    """Hook name -> NNCF quantizer module (SmoothQuant multipliers left out)."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    return {
+        name: module
+        for name, module in get_hook_storage(model).named_hooks()
+        if type(module).__name__ in ("SymmetricQuantizer", "AsymmetricQuantizer")
+    }
+
+
+def activation_ranges(model: nn.Module) -> dict[str, float]:
+    """Width of each per-tensor activation quantizer's range, by hook name."""
+    out = {}
+    for name, q in quantizers(model).items():
+        if "embedding" in name or name.endswith("__1.0"):  # __1 is the weight port of a linear
+            continue
+        width = q.input_range if type(q).__name__ == "AsymmetricQuantizer" else 2 * q.scale
+        if width.numel() == 1:
+            out[name] = float(width.detach().abs())
+    return out
+
+
+def ir_ops(ir: ov.Model) -> Counter:
+    return Counter(op.get_type_name() for op in ir.get_ordered_ops())
+
+
+def int8_constants(ir: ov.Model) -> list:
+    return [op for op in ir.get_ordered_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+
+
+def word_embedding_table(ir: ov.Model):
+    """The node that feeds the word-embedding Gather its table."""
+    gathers = [
+        op for op in ir.get_ordered_ops()
+        if op.get_type_name() == "Gather" and "word_embeddings" in op.get_friendly_name()
+    ]
+    assert len(gathers) == 1, [g.get_friendly_name() for g in gathers]
+    return gathers[0].input(0).get_source_output().get_node()
+
+
+def read_ir(directory) -> ov.Model:
+    return ov.Core().read_model(str(directory / IR_FILE))
+
+
+# --- quantizer placement -------------------------------------------------------------------------
+
+
+def test_default_config_inserts_quantizers_but_not_on_embeddings(plain, quantized, seed_quantized):
+    assert is_quantized(quantized) and not is_quantized(plain)
+    names = list(quantizers(quantized))
+    # One weight quantizer per linear (port 1 of each `linear` node) ...
+    weight_quantizers = [n for n in names if "/linear/" in n and n.endswith("__1.0")]
+    assert len(weight_quantizers) == N_LINEARS, weight_quantizers
+    # ... and none on the inputs of embeddings, residual adds or layer norms (the default ignored
+    # scopes). A quantizer on a layer norm's *output* is the next linear's input quantizer: allowed.
+    ignored_inputs = [n for n in names if n.startswith("pre_hooks") and ("embedding" in n or "/add/" in n or "layer_norm" in n)]
+    assert not ignored_inputs
+    outputs = [n for n in names if n.startswith("post_hooks") and ("embedding" in n or "/add/" in n or "layer_norm" in n)]
+    assert all("layer_norm" in n for n in outputs), outputs
+    # Control: the seed config does not ignore NNCFEmbedding, and then NNCF 3 does quantize the tables,
+    # so the check above is about the ignored scope, not about what NNCF would do anyway.
+    seed_names = list(quantizers(seed_quantized))
+    assert "pre_hooks.bert/embeddings/word_embeddings/embedding/0__1.0" in seed_names
+
+
+def test_quantization_changes_the_outputs(plain, quantized, tok, squad_pairs):
+    inputs = batch(tok, squad_pairs, 48, 2)
+    ps, pe = torch_logits(plain, inputs)
+    qs, qe = torch_logits(quantized, inputs)
+    assert np.abs(ps - qs).max() > 1e-4 and np.abs(pe - qe).max() > 1e-4
+
+
+def test_resolve_ignored_scope_with_seed_patterns(plain, calibration, seed_config):
+    example = calibration[0]
+    adds = resolve_ignored_scope(plain, [seed_config.ignored_scopes[0]], example)
+    assert seed_config.ignored_scopes[0] == "{re}.*__add___[0-1]"
+    assert sorted(adds) == sorted(
+        ["bert/embeddings/add/0", "bert/embeddings/add/1"]
+        + [f"bert/encoder/{m}/add/{i}" for m in ("attention/output", "output") for i in range(2)]
+    )
+    norms = resolve_ignored_scope(plain, ["{re}.*layer_norm_0"], example)
+    assert "bert/embeddings/LayerNorm/layer_norm/0" in norms
+    assert "bert/encoder/output/LayerNorm/layer_norm/1" in norms  # layer 1's first norm in BertOutput
+    assert len(norms) == 5 and all("layer_norm" in n for n in norms)
+    both = resolve_ignored_scope(plain, seed_config.ignored_scopes, example)
+    assert both == adds + norms  # in pattern order, without duplicates
+    # NNCF 3 node names are accepted too, exactly or as a regex.
+    assert resolve_ignored_scope(plain, ["qa_outputs/linear/0"], example) == ["qa_outputs/linear/0"]
+    assert resolve_ignored_scope(plain, [], example) == []
+
+
+def test_ignored_scope_that_matches_nothing_is_a_config_error(plain, calibration):
+    with pytest.raises(ConfigError) as info:
+        resolve_ignored_scope(plain, ["{re}.*__add___[0-1]", "{re}.*RobertaAttention.*"], calibration[0], "my.json")
+    message = str(info.value)
+    assert "my.json" in message and "quantization.ignored_scopes" in message and "RobertaAttention" in message
+    # quantize_model checks before NNCF runs, naming the config it was given
+    config = QuantizationConfig(ignored_scopes=["BertForQuestionAnswering/NNCFLinear[qa_outputs]"])  # a module
+    with pytest.raises(ConfigError, match="user.json.*quantization.ignored_scopes"):
+        quantize_model(plain, config, calibration, source="user.json")
+    assert not is_quantized(plain)
+
+
+def test_quantize_needs_calibration(plain):
+    with pytest.raises(ConfigError, match="calibration"):
+        quantize_model(plain, QuantizationConfig(), [], source="x.json")
+
+
+def test_percentile_range_settings_reach_nncf(tiny_bert_dir, calibration, seed_config, seed_quantized):
+    """The seed config's percentile init runs, and its percentiles matter: clipping outliers narrows
+    every activation range compared with min/max, and wider clipping narrows it further."""
+    assert seed_config.range_type == "percentile" and seed_config.overflow_fix == "enable"
+    assert is_quantized(seed_quantized)
+    seed = activation_ranges(seed_quantized)
+    min_max = activation_ranges(
+        quantize_model(load_qa_model(str(tiny_bert_dir)), dataclasses.replace(seed_config, range_type="min_max"), calibration)
+    )
+    clipped = activation_ranges(
+        quantize_model(
+            load_qa_model(str(tiny_bert_dir)),
+            dataclasses.replace(seed_config, min_percentile=5.0, max_percentile=95.0),
+            calibration,
+        )
+    )
+    assert len(seed) >= N_LINEARS - 1 and set(seed) == set(min_max) == set(clipped)
+    for name in seed:
+        assert clipped[name] < seed[name] <= min_max[name] + 1e-6, name
+    assert sum(seed.values()) < sum(min_max.values())
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def test_save_compressed_and_load_restore_the_exact_model(quantized, tok, squad_pairs, tmp_path):
+    save_compressed(quantized, tmp_path)
+    assert (tmp_path / STATE_FILE).is_file()
+    restored = load_qa_model(str(tmp_path)).eval()
+    assert is_quantized(restored)
+    assert set(quantizers(restored)) == set(quantizers(quantized))
+    for inputs in (batch(tok, squad_pairs, 48, 2), batch(tok, squad_pairs, 96, 3)):
+        for a, b in zip(torch_logits(quantized, inputs), torch_logits(restored, inputs)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_plain_model_saves_no_compression_state(plain, tmp_path):
+    save_compressed(plain, tmp_path)
+    assert not (tmp_path / STATE_FILE).exists()
+    assert not is_quantized(load_qa_model(str(tmp_path)))
+
+
+def test_seed_config_model_round_trips(seed_quantized, tok, squad_pairs, tmp_path):
+    """Symmetric/asymmetric quantizers and quantized embedding tables restore too."""
+    save_compressed(seed_quantized, tmp_path)
+    restored = load_qa_model(str(tmp_path)).eval()
+    inputs = batch(tok, squad_pairs, 40, 2)
+    for a, b in zip(torch_logits(seed_quantized, inputs), torch_logits(restored, inputs)):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- model directories and the OpenVINO IR -------------------------------------------------------
+
+
+def test_save_model_dir_writes_the_optimum_layout(quantized_dir):
+    names = {p.name for p in quantized_dir.iterdir()}
+    required = {"config.json", "model.safetensors", STATE_FILE, "tokenizer.json", "tokenizer_config.json",
+                "openvino_model.xml", "openvino_model.bin"}
+    assert required <= names, names
+    assert not [n for n in names if n.startswith(".qacompress")], "staging left behind"
+    assert (quantized_dir / "openvino_model.bin").stat().st_size > 0
+    assert load_tokenizer(str(quantized_dir)).vocab_size == 30522
+
+
+def test_ir_has_fake_quantize_and_int8_weights(quantized_dir):
+    ir = read_ir(quantized_dir)
+    ops = ir_ops(ir)
+    assert ops["FakeQuantize"] >= N_LINEARS - 1  # activations; inputs of q/k/v share one
+    # Weights are stored as INT8 constants, one per linear (the tables of ignored embeddings are not).
+    assert len(int8_constants(ir)) == N_LINEARS
+    table = word_embedding_table(ir)
+    assert table.get_type_name() == "Constant" and table.get_element_type() == ov.Type.f32
+    assert not any(
+        t.get_node().get_type_name() == "FakeQuantize"
+        for op in ir.get_ordered_ops() if op.get_type_name() == "Gather" and "embeddings" in op.get_friendly_name()
+        for t in op.output(0).get_target_inputs()
+    )
+
+
+def test_ir_has_dynamic_batch_and_sequence(quantized_dir):
+    ir = read_ir(quantized_dir)
+    assert [i.get_any_name() for i in ir.inputs] == list(INPUT_NAMES)
+    assert [o.get_any_name() for o in ir.outputs] == ["start_logits", "end_logits"]
+    for port in list(ir.inputs) + list(ir.outputs):
+        shape = port.get_partial_shape()
+        assert shape.rank.get_length() == 2 and shape[0].is_dynamic and shape[1].is_dynamic, port
+
+
+@pytest.mark.parametrize(("size", "length"), [(1, 24), (3, 96)])
+def test_ir_logits_agree_with_torch(quantized_dir, quantized, plain, tok, squad_pairs, size, length):
+    runner = OpenVINOQAModel(quantized_dir)
+    inputs = batch(tok, squad_pairs, length, size)
+    ov_start, ov_end = runner(inputs)
+    assert ov_start.shape == ov_end.shape == (size, length)
+    for ov_out, pt_out, fp_out in zip((ov_start, ov_end), torch_logits(quantized, inputs), torch_logits(plain, inputs)):
+        # The IR runs the same fake-quantize arithmetic in f32 (the runner asks the CPU plugin for f32), so
+        # it differs from torch only by kernel summation order (~1e-7 relative; ~1e-8 observed) and, at
+        # worst, an activation sitting on a rounding boundary moving by one INT8 step. The tolerance is
+        # tied to what quantization itself does to the logits (float vs fake-quantized torch, ~1e-3 here):
+        # the IR must be at least 10x closer to the quantized model than the float model is, which an IR
+        # that lost or mis-scaled its FakeQuantize ops would not be.
+        quantization_effect = np.abs(fp_out - pt_out).max()
+        assert quantization_effect > 1e-4
+        assert np.abs(ov_out - pt_out).max() <= 0.1 * quantization_effect
+        assert (ov_out.argmax(-1) == pt_out.argmax(-1)).all()
+
+
+def test_plain_model_exports_without_fake_quantize(plain_dir, plain, tok, squad_pairs):
+    ir = read_ir(plain_dir)
+    assert ir_ops(ir)["FakeQuantize"] == 0
+    assert int8_constants(ir) == []
+    assert not (plain_dir / STATE_FILE).exists()
+    inputs = batch(tok, squad_pairs, 32, 2)
+    for ov_out, pt_out in zip(OpenVINOQAModel(plain_dir)(inputs), torch_logits(plain, inputs)):
+        np.testing.assert_allclose(ov_out, pt_out, rtol=0, atol=1e-4)
+
+
+def test_resaving_a_plain_model_removes_the_compression_files(quantized_dir, plain, tok, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(quantized_dir, target)
+    save_model_dir(plain, tok, target, export_ir=False)
+    names = {p.name for p in target.iterdir()}
+    assert STATE_FILE not in names and IR_FILE not in names and "openvino_model.bin" not in names
+    assert not is_quantized(load_qa_model(str(target)))
+
+
+# --- runners -------------------------------------------------------------------------------------
+
+
+def test_load_runner_picks_the_backend(quantized_dir, quantized, tok, squad_pairs, tmp_path):
+    auto = load_runner(str(quantized_dir))
+    assert isinstance(auto, OpenVINOQAModel) and auto.input_names == INPUT_NAMES
+    torch_runner = load_runner(str(quantized_dir), backend="torch")
+    assert isinstance(torch_runner, TorchQAModel) and is_quantized(torch_runner.model)
+    inputs = batch(tok, squad_pairs, 32, 2)
+    for a, b in zip(torch_runner(inputs), torch_logits(quantized, inputs)):
+        np.testing.assert_array_equal(a, b)
+
+    no_ir = save_model_dir(quantized, tok, tmp_path / "no-ir", export_ir=False)
+    assert not (no_ir / IR_FILE).exists()
+    assert isinstance(load_runner(str(no_ir)), TorchQAModel)
+    with pytest.raises(ModelError, match="export the model first"):
+        load_runner(str(no_ir), backend="openvino")
+    with pytest.raises(ModelError, match="--backend"):
+        load_runner(str(quantized_dir), backend="onnx")
+    with pytest.raises(ModelError, match="--inference_precision"):
+        load_runner(str(quantized_dir), precision="fp8")
+
+
+# --- plain weights for transformers --------------------------------------------------------------
+
+
+def test_plain_weights_load_with_transformers(quantized_dir, quantized):
+    from transformers import AutoModelForQuestionAnswering
+
+    model, info = AutoModelForQuestionAnswering.from_pretrained(str(quantized_dir), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not is_quantized(model)
+    plain_state, compression_state = split_state_dict(quantized)
+    assert compression_state and all(k.startswith("__nncf_hooks.") for k in compression_state)
+    loaded = model.state_dict()
+    assert set(loaded) <= set(plain_state)
+    for key, value in loaded.items():
+        assert torch.equal(value, plain_state[key]), key
