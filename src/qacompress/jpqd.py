@@ -1,11 +1,12 @@
 """JPQD: joint movement pruning, quantization and distillation, in two training phases.
 
 Order (chosen for NNCF 3 and measured in the README):
-1. **Pruning warm-up, in float** (epochs [0, warmup_end_epoch)): importance scores learn which blocks,
+1. **Pruning warm-up, in float** (up to the end of epoch `warmup_end_epoch`, counted in the config's
+   `steps_per_epoch` when given): importance scores learn which blocks,
    rows and columns matter while the threshold rises; the teacher distils throughout.
 2. **Resolve and remove**: masks become whole heads and FFN neurons, which are cut out of the model
    (`qacompress.structured`). What remains is a smaller, dense model.
-3. **QAT fine-tuning** (epochs [warmup_end_epoch, num_train_epochs)): NNCF quantizers are inserted into
+3. **QAT fine-tuning** (the remaining steps of the run): NNCF quantizers are inserted into
    the smaller model, calibrated on training features, and trained with distillation to the end.
 NNCF 3 can only quantize a linear whose weight is a plain parameter, so masks and quantizers cannot
 share a layer; removing the pruned structure first also makes every step of phase 3 cheaper. One
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +43,27 @@ PRUNED_DIR = "pruned"
 FINETUNE_DIR = "finetune"
 
 
-def _check_schedule(compression: CompressionConfig, args: Any) -> None:
+def plan_steps(compression: CompressionConfig, args: Any, num_features: int) -> tuple[int, int, int]:
+    """(steps per schedule epoch, last step of the warm-up, total steps) of a JPQD run.
+
+    A schedule epoch is `steps_per_epoch` from the config when given (NNCF's meaning), else a real
+    epoch; the run is `--max_steps` or `--num_train_epochs` real epochs.
+    """
+    from qacompress.train import steps_per_epoch
+
     config = compression.movement_sparsity
-    if args.max_steps and args.max_steps > 0:
+    real = steps_per_epoch(num_features, args)
+    total = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(real * args.num_train_epochs)
+    per_epoch = config.steps_per_epoch or real
+    warmup_end = config.warmup_end_epoch * per_epoch
+    if warmup_end > total:
         raise ConfigError(
-            "movement_sparsity schedules by epochs; pass --num_train_epochs instead of --max_steps",
-            file=compression.source,
-            key="movement_sparsity.params",
-        )
-    if config.warmup_end_epoch > args.num_train_epochs:
-        raise ConfigError(
-            f"warmup_end_epoch {config.warmup_end_epoch} is beyond --num_train_epochs {args.num_train_epochs}: "
-            "pruning would never finish; train longer or end the warm-up earlier",
+            f"the pruning warm-up ends at step {warmup_end} (warmup_end_epoch {config.warmup_end_epoch} x "
+            f"{per_epoch} steps) but training has only {total} steps: train longer or end the warm-up earlier",
             file=compression.source,
             key="movement_sparsity.params.warmup_end_epoch",
         )
+    return per_epoch, warmup_end, total
 
 
 def freeze_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -80,15 +88,15 @@ def train_jpqd(
     """Run both phases (resuming where a previous run stopped); returns the final model and metrics."""
     from qacompress.train import calibration_samples, fit, resolve_resume
 
-    _check_schedule(compression, args)
     mconfig = compression.movement_sparsity
+    per_epoch, warmup_end, total = plan_steps(compression, args, len(data.train_features))
     out = Path(args.output_dir)
-    total_epochs = float(args.num_train_epochs)
     metrics: dict[str, Any] = {}
 
     if not (out / PRUNED_DIR / "config.json").is_file():
         model = load_qa_model(model_path, **load)
         pruner = attach_movement_pruning(model, mconfig, compression.source)
+        pruner.steps_per_epoch = per_epoch
         resume = resolve_resume(args, out)
         if resume:
             state = load_compression_state(resume)
@@ -96,10 +104,10 @@ def train_jpqd(
             pruner.load_schedule_state(state["movement_schedule"])
         from qacompress.trainer import MovementScheduleCallback
 
-        warmup_args = dataclasses.replace(args, num_train_epochs=mconfig.warmup_end_epoch)
+        warmup_args = dataclasses.replace(args, max_steps=warmup_end)
         trainer, phase = fit(
             model, tokenizer, warmup_args, data, settings, teacher=teacher, resume=resume,
-            schedule_epochs=(0.0, total_epochs), callbacks=[MovementScheduleCallback(pruner)],
+            schedule_steps=(0, total), callbacks=[MovementScheduleCallback(pruner)],
         )
         trainer.save_state()
         metrics.update({f"warmup_{k}": v for k, v in phase.items()})
@@ -111,9 +119,7 @@ def train_jpqd(
     model = load_qa_model(str(out / PRUNED_DIR))
     state = load_compression_state(out / PRUNED_DIR) or {}
     freeze_zeros(model, state.get("frozen_masks", {}))
-    finetune_args = dataclasses.replace(
-        args, output_dir=str(out / FINETUNE_DIR), num_train_epochs=total_epochs - mconfig.warmup_end_epoch
-    )
+    finetune_args = dataclasses.replace(args, output_dir=str(out / FINETUNE_DIR), max_steps=total - warmup_end)
     resume = resolve_resume(finetune_args, out / FINETUNE_DIR)
     qconfig = compression.quantization
     if qconfig is not None:
@@ -124,10 +130,10 @@ def train_jpqd(
 
             samples = calibration_samples(data.train_features, qconfig.num_init_samples, args.seed)
             model = quantize_model(model, qconfig, samples, source=compression.source)
-    if finetune_args.num_train_epochs > 0:
+    if total > warmup_end:
         trainer, phase = fit(
             model, tokenizer, finetune_args, data, settings, teacher=teacher, resume=resume,
-            schedule_epochs=(float(mconfig.warmup_end_epoch), total_epochs),
+            schedule_steps=(warmup_end, total),
         )
         trainer.save_state()
         metrics.update(phase)

@@ -23,13 +23,14 @@ REPORT_JSON = "compression_report.json"
 REPORT_PNG = "compression_report.png"
 
 
-def ir_size(model: nn.Module, tokenizer) -> int:
-    """Bytes of the OpenVINO IR (.xml + .bin) of `model`."""
+def ir_size(model: nn.Module, tokenizer) -> tuple[int, int]:
+    """Bytes of the OpenVINO IR of `model`: (.xml + .bin, .bin alone, i.e. the weights)."""
     from qacompress.export import export_openvino
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_openvino(model, tokenizer, tmp)
-        return path.stat().st_size + path.with_suffix(".bin").stat().st_size
+        weights = path.with_suffix(".bin").stat().st_size
+        return path.stat().st_size + weights, weights
 
 
 def compression_report(
@@ -73,8 +74,8 @@ def compression_report(
             # Ranges do not change the size, so one calibration sample is enough for the reference.
             config = dataclasses.replace(compression.quantization, num_init_samples=1)
             base = quantize_model(base, config, [example_inputs(tokenizer)], source=compression.source)
-        report["ir_bytes_before"] = ir_size(base, tokenizer)
-        report["ir_bytes_after"] = ir_size(model, tokenizer)
+        report["ir_bytes_before"], report["ir_weight_bytes_before"] = ir_size(base, tokenizer)
+        report["ir_bytes_after"], report["ir_weight_bytes_after"] = ir_size(model, tokenizer)
     output_dir = Path(output_dir)
     atomic.write_json(output_dir / REPORT_JSON, report)
     plot_report(report, output_dir / REPORT_PNG)

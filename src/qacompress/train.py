@@ -12,6 +12,7 @@ transformers' examples.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,15 @@ def calibration_samples(features: Any, count: int, seed: int) -> list[dict[str, 
     return [{c: torch.tensor([row[c]]) for c in columns} for row in rows]
 
 
+def steps_per_epoch(num_features: int, args: QACompressTrainingArguments) -> int:
+    """Optimizer steps per epoch, as the Trainer will count them (per process, after accumulation)."""
+    per_process = math.ceil(num_features / max(args.world_size, 1))
+    batches = per_process // args.per_device_train_batch_size if args.dataloader_drop_last else math.ceil(
+        per_process / args.per_device_train_batch_size
+    )
+    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
+
+
 def model_inputs(features: Any, with_labels: bool) -> Any:
     keep = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
     if with_labels:
@@ -142,7 +152,7 @@ def fit(
     *,
     teacher: torch.nn.Module | None = None,
     resume: str | None = None,
-    schedule_epochs: tuple[float, float] | None = None,
+    schedule_steps: tuple[int, int] | None = None,
     callbacks: list | None = None,
 ):
     """Train `model` with one `QACompressTrainer`; returns the trainer and its TrainOutput metrics."""
@@ -166,7 +176,7 @@ def fit(
         compute_metrics=compute_metrics,
         teacher=teacher,
         distillation=DistillationConfig(args.distillation_weight, args.distillation_temperature),
-        schedule_epochs=schedule_epochs,
+        schedule_steps=schedule_steps,
         callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=resume)

@@ -40,13 +40,13 @@ class QACompressTrainer(Trainer):
         *args: Any,
         teacher: nn.Module | None = None,
         distillation: DistillationConfig | None = None,
-        schedule_epochs: tuple[float, float] | None = None,
+        schedule_steps: tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         self.distillation = distillation or DistillationConfig()
-        self.schedule_epochs = schedule_epochs  # (epochs before this phase, epochs of the whole run)
+        self.schedule_steps = schedule_steps  # (optimizer steps before this phase, steps of the whole run)
         self._loss_parts: dict[str, float] = defaultdict(float)
         self._loss_count = 0
         if teacher is not None:
@@ -102,14 +102,13 @@ class QACompressTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """Within a multi-phase run, stretch the schedule over all phases and start at this phase's offset."""
-        if not self.schedule_epochs or not self.args.num_train_epochs:
+        if not self.schedule_steps:
             return super().create_scheduler(num_training_steps, optimizer)
-        before, total = self.schedule_epochs
-        per_epoch = num_training_steps / self.args.num_train_epochs
-        scheduler = super().create_scheduler(max(1, math.ceil(per_epoch * total)), optimizer)
+        before, total = self.schedule_steps
+        scheduler = super().create_scheduler(total, optimizer)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # stepping before any optimizer step is the point here
-            for _ in range(round(per_epoch * before)):
+            for _ in range(before):
                 scheduler.step()
         return scheduler
 
@@ -135,9 +134,6 @@ class MovementScheduleCallback(TrainerCallback):
         self.pruner = pruner
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.pruner.steps_per_epoch is None:
-            # What NNCF derived during the first epoch, known up front from the Trainer's step count.
-            self.pruner.steps_per_epoch = max(1, math.ceil(state.max_steps / args.num_train_epochs))
         self.pruner.set_step(state.global_step)
 
     def on_step_begin(self, args, state, control, **kwargs):
