@@ -11,9 +11,11 @@ interrupted export leaves the previous one in place.
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,6 +61,36 @@ def export_openvino(model: nn.Module, tokenizer, directory: str | Path) -> Path:
     ov_model = to_openvino(model, example_inputs(tokenizer))
     ov.save_model(ov_model, str(path), compress_to_fp16=False)
     return path
+
+
+def post_training_quantize(
+    model_dir: str | Path, output_dir: str | Path, calibration: list[dict[str, np.ndarray]], *, preset: str = "mixed"
+) -> Path:
+    """INT8 IR by post-training quantization of an exported FP32 IR: the baseline a user would pick
+    instead of QAT (`nncf.quantize` on the OpenVINO model, `ModelType.TRANSFORMER`)."""
+    import openvino as ov
+
+    from qacompress.quantization import _nncf
+
+    nncf = _nncf()
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    ov_model = ov.Core().read_model(str(model_dir / IR_FILE))
+    names = [i.get_any_name() for i in ov_model.inputs]
+    dataset = nncf.Dataset([{k: v for k, v in sample.items() if k in names} for sample in calibration])
+    quantized = nncf.quantize(
+        ov_model,
+        dataset,
+        preset=nncf.QuantizationPreset(preset),
+        subset_size=len(calibration),
+        model_type=nncf.ModelType.TRANSFORMER,
+    )
+    from qacompress.models import load_tokenizer
+
+    with staged_files(output_dir, replaces=MODEL_FILES) as staging:
+        ov.save_model(quantized, str(staging / IR_FILE), compress_to_fp16=False)
+        shutil.copy2(model_dir / "config.json", staging / "config.json")
+        load_tokenizer(str(model_dir)).save_pretrained(staging)
+    return output_dir
 
 
 def save_model_dir(

@@ -1,0 +1,239 @@
+"""Speed, memory and size of QA models, measured side by side on the same inputs.
+
+For each model directory (an OpenVINO IR dir, or a torch dir run with torch): median and p90 latency
+at each (batch, sequence length), throughput with OpenVINO's asynchronous requests on all cores, peak
+resident memory, size on disk, and optionally EM/F1 on a validation file. Each model is measured in a
+fresh process, so peak memory is its own. `qacompress benchmark` prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qacompress import atomic
+from qacompress.errors import QACompressError
+from qacompress.models import IR_FILE
+
+
+@dataclass
+class BenchmarkSettings:
+    """What to measure; the defaults are the project's headline shapes."""
+
+    batch_sizes: tuple[int, ...] = (1, 8)
+    seq_lengths: tuple[int, ...] = (128, 384)
+    warmup: int = 3
+    min_iterations: int = 10
+    min_seconds: float = 2.0
+    throughput_seconds: float = 5.0
+    throughput_seq_length: int = 384
+    precision: str = "f32"
+    seed: int = 0
+
+
+@dataclass
+class ModelResult:
+    """Everything measured for one model."""
+
+    name: str
+    path: str
+    backend: str
+    size_mb: float
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # "b1_s384" -> median, p90
+    throughput_samples_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def dir_size_mb(path: str | Path, backend: str) -> float:
+    """Size of what the backend loads: the IR (.xml + .bin), or the torch weights."""
+    path = Path(path)
+    files = [path / IR_FILE, path / IR_FILE.replace(".xml", ".bin")] if backend == "openvino" else [
+        p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt") and p.is_file()
+    ]
+    return round(sum(f.stat().st_size for f in files if f.is_file()) / 2**20, 2)
+
+
+def synthetic_inputs(batch: int, length: int, vocab_size: int, names: tuple[str, ...], seed: int) -> dict[str, np.ndarray]:
+    """Token ids of a given shape (speed does not depend on which tokens they are)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, min(vocab_size, 20000), size=(batch, length), dtype=np.int64)
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    inputs["token_type_ids"][:, length // 4 :] = 1
+    return {k: v for k, v in inputs.items() if k in names}
+
+
+def time_calls(fn, settings: BenchmarkSettings) -> dict[str, float]:
+    """Median and p90 wall time (ms) of `fn()` after warm-up calls."""
+    for _ in range(settings.warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < settings.min_iterations or time.perf_counter() - start < settings.min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {
+        "median": round(statistics.median(times), 3),
+        "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3),
+        "n": len(times),
+    }
+
+
+def openvino_throughput(model_dir: str, inputs: dict[str, np.ndarray], settings: BenchmarkSettings) -> float:
+    """Samples per second with the THROUGHPUT hint and as many async requests as OpenVINO suggests."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    if settings.precision != "auto":
+        config["INFERENCE_PRECISION_HINT"] = settings.precision
+    compiled = core.compile_model(str(Path(model_dir) / IR_FILE), "CPU", config)
+    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    batch = next(iter(inputs.values())).shape[0]
+    for _ in range(len(queue)):
+        queue.start_async(inputs)
+    queue.wait_all()
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < settings.throughput_seconds:
+        queue.start_async(inputs)
+        done += 1
+    queue.wait_all()
+    return round(done * batch / (time.perf_counter() - start), 2)
+
+
+def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, validation: dict | None) -> dict:
+    """Runs in a child process: every measurement of one model."""
+    from qacompress.models import load_config
+    from qacompress.runtime import load_runner
+
+    runner = load_runner(path, backend=backend, precision=settings.precision)
+    resolved = "openvino" if type(runner).__name__ == "OpenVINOQAModel" else "torch"
+    vocab = getattr(load_config(path), "vocab_size", 30522)
+    result = ModelResult(name=name, path=path, backend=resolved, size_mb=dir_size_mb(path, resolved))
+    for seq in settings.seq_lengths:
+        for batch in settings.batch_sizes:
+            inputs = synthetic_inputs(batch, seq, vocab, runner.input_names, settings.seed)
+            result.latency_ms[f"b{batch}_s{seq}"] = time_calls(lambda: runner(inputs), settings)
+    if resolved == "openvino" and settings.throughput_seconds > 0:
+        inputs = synthetic_inputs(1, settings.throughput_seq_length, vocab, runner.input_names, settings.seed)
+        result.throughput_samples_per_s = openvino_throughput(path, inputs, settings)
+    if validation:
+        result.metrics = _accuracy(path, runner, validation)
+    result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return asdict(result)
+
+
+def _accuracy(path: str, runner, validation: dict) -> dict[str, float]:
+    from qacompress.data import load_examples
+    from qacompress.evaluation import DecodeSettings, evaluate_runner
+    from qacompress.features import prepare_eval_features
+    from qacompress.models import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    examples = load_examples(validation["file"], split="validation", max_samples=validation.get("max_samples"))
+    features = prepare_eval_features(
+        examples, tokenizer, max_seq_length=validation["max_seq_length"], doc_stride=validation["doc_stride"],
+        pad_to_max_length=False,
+    )
+    _, metrics = evaluate_runner(runner, examples, features, DecodeSettings(), progress=False)
+    return {k: metrics[k] for k in ("exact_match", "f1", "model_runtime", "postprocess_runtime")}
+
+
+def _child(queue, *args) -> None:
+    try:
+        queue.put(("ok", _measure(*args)))
+    except Exception as exc:  # reported by the parent with the model's name
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def measure_model(
+    path: str, *, name: str | None = None, backend: str = "auto", settings: BenchmarkSettings | None = None,
+    validation: dict | None = None,
+) -> dict:
+    """Measure one model in a fresh process (so that peak memory is its own)."""
+    if not Path(path).is_dir():
+        raise QACompressError(f"{path}: no such model directory")
+    settings = settings or BenchmarkSettings()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, path, name or Path(path).name, backend, settings, validation))
+    proc.start()
+    status, payload = queue.get()
+    proc.join()
+    if status != "ok":
+        raise QACompressError(f"{path}: benchmark failed: {payload}")
+    return payload
+
+
+def format_table(results: list[dict], settings: BenchmarkSettings) -> str:
+    """Markdown table: one row per model, latency columns per shape, ratios to the first row."""
+    shapes = [f"b{b}_s{s}" for s in settings.seq_lengths for b in settings.batch_sizes]
+    header = ["model", "backend", "size MB", "peak RSS MB"] + [f"{s} ms (p50/p90)" for s in shapes]
+    header += ["throughput /s", f"speed-up {shapes[-1] if shapes else ''}"]
+    has_acc = any(r["metrics"] for r in results)
+    if has_acc:
+        header += ["EM", "F1"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base = results[0]["latency_ms"].get(shapes[-1], {}).get("median") if results and shapes else None
+    for r in results:
+        row = [r["name"], r["backend"], f"{r['size_mb']:.1f}", f"{r['peak_rss_mb']:.0f}"]
+        row += [f"{r['latency_ms'][s]['median']:.1f} / {r['latency_ms'][s]['p90']:.1f}" for s in shapes]
+        row.append(f"{r['throughput_samples_per_s']:.1f}" if r["throughput_samples_per_s"] else "-")
+        mine = r["latency_ms"].get(shapes[-1], {}).get("median") if shapes else None
+        row.append(f"{base / mine:.2f}x" if base and mine else "-")
+        if has_acc:
+            row += [f"{r['metrics'].get('exact_match', float('nan')):.2f}", f"{r['metrics'].get('f1', float('nan')):.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`qacompress benchmark`."""
+    parser = argparse.ArgumentParser(prog="qacompress benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name_or_path", nargs="+", required=True, help="model directories to compare")
+    parser.add_argument("--names", nargs="+", help="row names (default: directory names)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "openvino", "torch"))
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--seq_lengths", nargs="+", type=int, default=[128, 384])
+    parser.add_argument("--min_seconds", type=float, default=2.0, help="time spent per latency cell")
+    parser.add_argument("--throughput_seconds", type=float, default=5.0)
+    parser.add_argument("--inference_precision", default="f32", choices=("f32", "bf16", "auto"))
+    parser.add_argument("--validation_file", help="also measure EM/F1 on this SQuAD file")
+    parser.add_argument("--max_eval_samples", type=int)
+    parser.add_argument("--max_seq_length", type=int, default=384)
+    parser.add_argument("--doc_stride", type=int, default=128)
+    parser.add_argument("--output_file", default="benchmark_results.json")
+    args = parser.parse_args(argv)
+    if args.names and len(args.names) != len(args.model_name_or_path):
+        raise QACompressError("--names needs one name per --model_name_or_path")
+    settings = BenchmarkSettings(
+        batch_sizes=tuple(args.batch_sizes), seq_lengths=tuple(args.seq_lengths), min_seconds=args.min_seconds,
+        throughput_seconds=args.throughput_seconds, precision=args.inference_precision,
+    )
+    validation = None
+    if args.validation_file:
+        validation = {"file": args.validation_file, "max_samples": args.max_eval_samples,
+                      "max_seq_length": args.max_seq_length, "doc_stride": args.doc_stride}  # fmt: skip
+    names = args.names or [Path(p).name for p in args.model_name_or_path]
+    results = []
+    for path, name in zip(args.model_name_or_path, names):
+        print(f"measuring {name} ({path}) ...", flush=True)
+        results.append(measure_model(path, name=name, backend=args.backend, settings=settings, validation=validation))
+    table = format_table(results, settings)
+    print(table)
+    atomic.write_json(args.output_file, {"settings": asdict(settings), "cpu_count": os.cpu_count(), "results": results})
+    print(f"wrote {args.output_file}")
+    return 0

@@ -1,0 +1,57 @@
+"""`qacompress benchmark` on tiny models: every figure is measured and written, for IR and torch dirs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qacompress.cli import main
+from qacompress.export import post_training_quantize, save_model_dir
+from qacompress.models import load_qa_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def ir_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "ir"
+    save_model_dir(load_qa_model(str(tiny_bert_dir)), load_tokenizer(str(tiny_bert_dir)), out)
+    return out
+
+
+def test_benchmark_measures_ir_and_torch(ir_dir: Path, tiny_bert_dir: Path, tmp_path: Path, squad_dir: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    args = [
+        "benchmark", "--model_name_or_path", str(ir_dir), str(tiny_bert_dir), "--names", "ir", "torch",
+        "--seq_lengths", "32", "64", "--batch_sizes", "1", "2", "--min_seconds", "0.05", "--throughput_seconds", "0.3",
+        "--validation_file", str(squad_dir / "v1.1" / "dev.json"), "--max_eval_samples", "8",
+        "--max_seq_length", "96", "--doc_stride", "32", "--output_file", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| ir | openvino |" in table and "| torch | torch |" in table
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    for name, backend in (("ir", "openvino"), ("torch", "torch")):
+        r = results[name]
+        assert r["backend"] == backend
+        assert set(r["latency_ms"]) == {"b1_s32", "b2_s32", "b1_s64", "b2_s64"}
+        assert all(0 < cell["median"] <= cell["p90"] for cell in r["latency_ms"].values())
+        assert r["size_mb"] > 0 and r["peak_rss_mb"] > 50
+        assert 0 <= r["metrics"]["f1"] <= 100
+    assert results["ir"]["throughput_samples_per_s"] > 0
+    assert results["torch"]["throughput_samples_per_s"] is None
+
+
+def test_ptq_baseline_produces_an_int8_ir(ir_dir: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(4):
+        ids = rng.integers(1000, 5000, size=(1, 24))
+        samples.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    out = post_training_quantize(ir_dir, tmp_path / "ptq", samples)
+    xml = (out / "openvino_model.xml").read_text()
+    assert 'type="FakeQuantize"' in xml
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert not (out / "model.safetensors").exists()  # a PTQ dir is IR-only
