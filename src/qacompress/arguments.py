@@ -113,7 +113,10 @@ class QACompressTrainingArguments(TrainingArguments):
                 "--bf16 works on CPUs with bfloat16 support)"
             )
         if not _has_cuda():
-            self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+            # On a CPU-only machine, say so: accelerate then sets up gloo DDP under torchrun (without
+            # it, each torchrun process would train alone), and pinning memory would only warn.
+            self.use_cpu = True
+            self.dataloader_pin_memory = False
         super().__post_init__()
 
 

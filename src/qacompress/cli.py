@@ -67,7 +67,8 @@ def cmd_train(argv: list[str]) -> int:
         build_parser().print_help()
         return 0
     metrics = run_train(*parse_train_args(argv))
-    _print_metrics(metrics)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary is enough
+        _print_metrics(metrics)
     return 0
 
 
