@@ -192,9 +192,16 @@ def _parse_json_document(text: str, origin: str) -> list[_RawRecord]:
         )
     if not items:
         raise DataError("the file contains no records", file=origin)
-    if isinstance(items[0], dict) and "paragraphs" in items[0]:
+    if any(_looks_like_article(item) for item in items):
         return list(_flatten_official(items, origin))
     return [(item, position, None) for position, item in enumerate(items, start=1)]
+
+
+def _looks_like_article(item: Any) -> bool:
+    """An entry of the official layout: it has paragraphs, or a title and nothing a flat record has."""
+    if not isinstance(item, dict):
+        return False
+    return "paragraphs" in item or ("title" in item and not {"context", "question", "id"} & set(item))
 
 
 def _flatten_official(articles: list[Any], origin: str) -> Iterator[_RawRecord]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from qacompress.atomic import recover
 from qacompress.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ def load_qa_model(
     from qacompress.checkpoint import apply_compression_state, load_compression_state
     from qacompress.structured import shrink_from_config
 
+    if Path(name_or_path).is_dir():
+        recover(name_or_path)  # finish or discard an export that a crash interrupted
     if config is None:
         config = load_config(name_or_path, cache_dir=cache_dir, revision=revision)
     if type(config) not in AutoModelForQuestionAnswering._model_mapping:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qacompress.atomic import recover
 from qacompress.errors import ModelError
 from qacompress.models import IR_FILE, is_openvino_dir
 
@@ -84,6 +85,8 @@ def load_runner(model_dir: str, *, backend: str = "auto", precision: str = "f32"
     """The OpenVINO IR in `model_dir` if there is one (or `backend="openvino"`), else the torch model."""
     if backend not in ("auto", "openvino", "torch"):
         raise ModelError(f"--backend must be auto, openvino or torch, got {backend!r}")
+    if Path(model_dir).is_dir():
+        recover(model_dir)  # finish or discard an export that a crash interrupted
     if backend == "openvino" or (backend == "auto" and is_openvino_dir(model_dir)):
         return OpenVINOQAModel(model_dir, precision=precision, device=device)
     from qacompress.models import load_qa_model
