@@ -273,6 +273,17 @@ def _kill_after(cmd: list[str], marker, timeout: float = 300) -> None:
     proc.wait()
 
 
+def _jpqd_flags(kind: str, tmp_path: Path, teacher: Path) -> list[str]:
+    """Flags that make a run JPQD (the tiny config of test_jpqd, with a teacher); none for QAT."""
+    if kind != "jpqd":
+        return []
+    from test_jpqd import TINY_JPQD
+
+    config = tmp_path / "jpqd.json"
+    config.write_text(json.dumps(TINY_JPQD))
+    return ["--nncf_compression_config", str(config), "--teacher_model_name_or_path", str(teacher)]
+
+
 def _results(out: Path) -> dict:
     return json.loads((out / "eval_results.json").read_text())
 
@@ -280,13 +291,7 @@ def _results(out: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["qat", "jpqd"])
 def test_killed_run_resumes_and_matches(kind, tmp_path, tiny_bert_dir, squad_dir) -> None:
-    extra = ["--max_steps", "30"]
-    if kind == "jpqd":
-        from test_jpqd import TINY_JPQD
-
-        config = tmp_path / "jpqd.json"
-        config.write_text(json.dumps(TINY_JPQD))  # warm-up ends at step 12, QAT from there to 30
-        extra += ["--nncf_compression_config", str(config), "--teacher_model_name_or_path", str(tiny_bert_dir)]
+    extra = ["--max_steps", "30"] + _jpqd_flags(kind, tmp_path, tiny_bert_dir)  # JPQD: warm-up to step 12
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert subprocess.run(_train_cmd(tiny_bert_dir, squad_dir, whole, *extra), capture_output=True).returncode == 0
     _kill_after(_train_cmd(tiny_bert_dir, squad_dir, broken, *extra),
@@ -355,13 +360,7 @@ def test_committed_staging_is_finished_and_uncommitted_is_discarded(tmp_path) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["qat", "jpqd"])
 def test_torchrun_two_processes(kind, tmp_path, tiny_bert_dir, squad_dir) -> None:
-    extra = ["--max_steps", "20"]
-    if kind == "jpqd":
-        from test_jpqd import TINY_JPQD
-
-        config = tmp_path / "jpqd.json"
-        config.write_text(json.dumps(TINY_JPQD))
-        extra += ["--nncf_compression_config", str(config), "--teacher_model_name_or_path", str(tiny_bert_dir)]
+    extra = ["--max_steps", "20"] + _jpqd_flags(kind, tmp_path, tiny_bert_dir)
     single, double = tmp_path / "one", tmp_path / "two"
     one = _train_cmd(tiny_bert_dir, squad_dir, single, *extra, "--per_device_train_batch_size", "8")
     assert subprocess.run(one, capture_output=True).returncode == 0

@@ -65,12 +65,9 @@ def run_features(
     return start, end
 
 
-def decode_and_score(
-    examples: Any, features: Any, start: np.ndarray, end: np.ndarray, settings: DecodeSettings
-) -> tuple[QAPredictions, dict[str, float]]:
-    """Answers from logits, then the official SQuAD metric (v2 with HasAns/NoAns and best thresholds)."""
-    t0 = time.perf_counter()
-    predictions = postprocess_qa_predictions(
+def decode(examples: Any, features: Any, start: np.ndarray, end: np.ndarray, settings: DecodeSettings) -> QAPredictions:
+    """Answers (and n-best lists) from the features' logits."""
+    return postprocess_qa_predictions(
         examples,
         features,
         start,
@@ -81,6 +78,14 @@ def decode_and_score(
         null_score_diff_threshold=settings.null_score_diff_threshold,
         cls_index=np.asarray(features["cls_index"]) if "cls_index" in features.column_names else None,
     )
+
+
+def decode_and_score(
+    examples: Any, features: Any, start: np.ndarray, end: np.ndarray, settings: DecodeSettings
+) -> tuple[QAPredictions, dict[str, float]]:
+    """Answers from logits, then the official SQuAD metric (v2 with HasAns/NoAns and best thresholds)."""
+    t0 = time.perf_counter()
+    predictions = decode(examples, features, start, end, settings)
     metrics = squad_metrics(
         predictions.answers,
         gold_answers(examples),

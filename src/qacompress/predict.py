@@ -14,14 +14,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import datasets
-import numpy as np
 
 from qacompress.data import SQUAD_FEATURES
 from qacompress.errors import DataError
-from qacompress.evaluation import DecodeSettings, run_features
+from qacompress.evaluation import DecodeSettings, decode, run_features
 from qacompress.features import prepare_eval_features
 from qacompress.models import load_tokenizer
-from qacompress.postprocess import postprocess_qa_predictions
 from qacompress.runtime import load_runner
 
 
@@ -92,18 +90,7 @@ class QAPredictor:
             pad_token_id=self.tokenizer.pad_token_id or 0,
             progress=progress,
         )
-        s = self.settings
-        predictions = postprocess_qa_predictions(
-            examples,
-            features,
-            start,
-            end,
-            version_2_with_negative=s.version_2_with_negative,
-            n_best_size=s.n_best_size,
-            max_answer_length=s.max_answer_length,
-            null_score_diff_threshold=s.null_score_diff_threshold,
-            cls_index=np.asarray(features["cls_index"]),
-        )
+        predictions = decode(examples, features, start, end, self.settings)
         answers = []
         for example_id in examples["id"]:
             text = predictions.answers.get(example_id, "")
