@@ -189,3 +189,18 @@ def test_run_qa_script_runs_the_seed_command(tmp_path: Path, tiny_bert_dir: Path
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_samples"] == 810
     assert (out / "openvino_model.xml").is_file()
+
+
+def test_do_predict_writes_predictions_for_unlabelled_test_data(qat_run: Path, tmp_path: Path) -> None:
+    context = "The Denver Broncos defeated the Carolina Panthers 24-10 to earn their third Super Bowl title."
+    test = tmp_path / "test.jsonl"
+    test.write_text("\n".join(json.dumps({"id": f"t{i}", "question": q, "context": context})
+                              for i, q in enumerate(["Who won?", "Who lost?", "What was the score?"])))  # fmt: skip
+    out = tmp_path / "predict"
+    args = ["train", "--model_name_or_path", str(qat_run), "--do_predict", "--test_file", str(test),
+            "--max_seq_length", "128", "--doc_stride", "48", "--output_dir", str(out), "--no_export_openvino"]  # fmt: skip
+    assert main(args) == 0
+    predictions = json.loads((out / "predict_predictions.json").read_text())
+    assert sorted(predictions) == ["t0", "t1", "t2"] and all(p in context for p in predictions.values())
+    results = json.loads((out / "predict_results.json").read_text())
+    assert "predict_f1" not in results  # nothing to score against

@@ -86,12 +86,12 @@ def decode_and_score(
     """Answers from logits, then the official SQuAD metric (v2 with HasAns/NoAns and best thresholds)."""
     t0 = time.perf_counter()
     predictions = decode(examples, features, start, end, settings)
-    metrics = squad_metrics(
-        predictions.answers,
-        gold_answers(examples),
-        version_2=settings.version_2_with_negative,
-        null_odds=predictions.null_odds,
-    )
+    golds = gold_answers(examples)
+    metrics: dict[str, float] = {}
+    if settings.version_2_with_negative or any(golds.values()):  # test data may come without answers
+        metrics = squad_metrics(
+            predictions.answers, golds, version_2=settings.version_2_with_negative, null_odds=predictions.null_odds
+        )
     metrics["postprocess_runtime"] = round(time.perf_counter() - t0, 4)
     return predictions, metrics
 

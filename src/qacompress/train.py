@@ -118,6 +118,23 @@ def load_data(data_args: DataTrainingArguments, args: QACompressTrainingArgument
     return data
 
 
+def load_test_data(data_args: DataTrainingArguments, args: QACompressTrainingArguments, tokenizer) -> tuple[Any, Any]:
+    """`--do_predict` data: answers optional (scored when present)."""
+    source = data_args.test_file or data_args.dataset_name
+    if not source:
+        raise QACompressError("--do_predict needs --test_file or --dataset_name")
+    examples = load_examples(
+        source, split="test", dataset_config_name=data_args.dataset_config_name,
+        version_2_with_negative=data_args.version_2_with_negative, require_answers=False,
+        max_samples=data_args.max_predict_samples,
+    )  # fmt: skip
+    features = prepare_eval_features(
+        examples, tokenizer, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
+        num_proc=data_args.preprocessing_num_workers, load_from_cache_file=not data_args.overwrite_cache,
+    )  # fmt: skip
+    return examples, features
+
+
 def calibration_samples(features: Any, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
     """`count` training features (batch 1 each), the same on every process of a distributed run."""
     order = np.random.default_rng(seed).permutation(len(features))[:count]
@@ -222,8 +239,11 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
             save_model_dir(model, tokenizer, args.output_dir, export_ir=args.export_openvino)
     else:
         model = load_qa_model(model_path, **load)
-    if args.do_eval:
-        metrics.update(evaluate_after_training(model, tokenizer, args, data, settings))
+    if args.should_save and args.do_eval:
+        metrics.update(score_split(model, tokenizer, args, data.eval_examples, data.eval_features, settings, "eval"))
+    if args.should_save and args.do_predict:
+        examples, features = load_test_data(data_args, args, tokenizer)
+        metrics.update(score_split(model, tokenizer, args, examples, features, settings, "predict"))
     if args.should_save:
         atomic.write_json(Path(args.output_dir) / "all_results.json", metrics)
     return metrics
@@ -281,27 +301,23 @@ def resolve_resume(args: QACompressTrainingArguments, directory: Path) -> str | 
     return found
 
 
-def evaluate_after_training(model, tokenizer, args: QACompressTrainingArguments, data: Data, settings) -> dict:
-    """SQuAD metrics of the torch model and, when exported, of its OpenVINO IR on the same features."""
-    from qacompress.runtime import OpenVINOQAModel, TorchQAModel
+def score_split(model, tokenizer, args: QACompressTrainingArguments, examples, features, settings, prefix: str) -> dict:
+    """Predictions and SQuAD metrics of the torch model and, when exported, of its OpenVINO IR on the
+    same features; writes `{prefix}_predictions.json`, `{prefix}_nbest_predictions.json`,
+    `{prefix}_results.json` (and the `{prefix}_openvino_*` twins)."""
     from qacompress.models import is_openvino_dir
+    from qacompress.runtime import OpenVINOQAModel, TorchQAModel
 
-    metrics = {}
-    if args.should_save or not args.do_train:
-        predictions, torch_metrics = evaluate_runner(
-            TorchQAModel(model), data.eval_examples, data.eval_features, settings,
+    runners = [(prefix, TorchQAModel(model))]
+    if args.export_openvino and is_openvino_dir(args.output_dir):
+        runners.append((f"{prefix}_openvino", OpenVINOQAModel(args.output_dir, precision=args.inference_precision)))
+    metrics: dict[str, Any] = {}
+    for name, runner in runners:
+        predictions, scores = evaluate_runner(
+            runner, examples, features, settings,
             batch_size=args.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id or 0,
-        )
-        metrics.update(prefixed(torch_metrics, "eval"))
-        if args.should_save:
-            write_predictions(args.output_dir, predictions)
-            if args.export_openvino and is_openvino_dir(args.output_dir):
-                runner = OpenVINOQAModel(args.output_dir, precision=args.inference_precision)
-                ov_predictions, ov_metrics = evaluate_runner(
-                    runner, data.eval_examples, data.eval_features, settings,
-                    batch_size=args.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id or 0,
-                )
-                metrics.update(prefixed(ov_metrics, "eval_openvino"))
-                write_predictions(args.output_dir, ov_predictions, prefix="eval_openvino")
-            atomic.write_json(Path(args.output_dir) / "eval_results.json", metrics)
+        )  # fmt: skip
+        metrics.update(prefixed(scores, name))
+        write_predictions(args.output_dir, predictions, prefix=name)
+    atomic.write_json(Path(args.output_dir) / f"{prefix}_results.json", metrics)
     return metrics
