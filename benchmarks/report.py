@@ -77,7 +77,7 @@ def plot(speed: dict) -> bytes:
         for x, y, name in points:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel(f"latency, batch 1, seq 384 (ms, log scale)")
+    ax.set_xlabel("latency, batch 1, seq 384 (ms, log scale)")
     ax.set_ylabel("F1 on the SQuAD v1.1 dev slice")
     ax.set_title("Accuracy vs latency (2 CPU cores)")
     ax.grid(alpha=0.3)

@@ -105,7 +105,7 @@ def test_pruned_model_equals_masked_model(request, fixture, keep, inputs):
         assert model.get_submodule(layer.ffn_in).weight.shape == (neurons, HIDDEN)
         assert model.get_submodule(layer.ffn_out).weight.shape == (HIDDEN, neurons)
         holder = model.get_submodule(layer.heads_module)
-        count = getattr(holder, "num_attention_heads", None) or getattr(holder, "n_heads")
+        count = getattr(holder, "num_attention_heads", None) or holder.n_heads
         assert count == heads
         if not spec.heads:
             assert not model.get_submodule(layer.attention_output).weight.any()

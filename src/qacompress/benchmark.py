@@ -9,7 +9,6 @@ fresh process, so peak memory is its own. `qacompress benchmark` prints a table 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import resource
@@ -17,7 +16,6 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -126,7 +124,7 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
     for seq in settings.seq_lengths:
         for batch in settings.batch_sizes:
             inputs = synthetic_inputs(batch, seq, vocab, runner.input_names, settings.seed)
-            result.latency_ms[f"b{batch}_s{seq}"] = time_calls(lambda: runner(inputs), settings)
+            result.latency_ms[f"b{batch}_s{seq}"] = time_calls(lambda inputs=inputs: runner(inputs), settings)
     if resolved == "openvino" and settings.throughput_seconds > 0:
         inputs = synthetic_inputs(1, settings.throughput_seq_length, vocab, runner.input_names, settings.seed)
         result.throughput_samples_per_s = openvino_throughput(path, inputs, settings)

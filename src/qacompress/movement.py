@@ -155,7 +155,7 @@ class MovementPruner(nn.Module):
         roles = layout.roles() if layout else {}
         zeros: dict[str, float] = {}
         totals: dict[str, float] = {}
-        for name, t in self.targets.items():
+        for name in self.targets:
             weight_mask, _ = self.masks(name)
             role = roles[name][1] if name in roles else "other"
             for key in (role, "all"):

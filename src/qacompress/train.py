@@ -26,7 +26,7 @@ from qacompress.arguments import DataTrainingArguments, ModelArguments, QACompre
 from qacompress.config import CompressionConfig, default_compression_config, load_compression_config
 from qacompress.data import load_examples
 from qacompress.distillation import DistillationConfig, check_teacher_tokenizer, freeze_teacher
-from qacompress.errors import ConfigError, QACompressError
+from qacompress.errors import QACompressError
 from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, squad_compute_metrics, write_predictions
 from qacompress.export import save_model_dir
 from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features, prepare_train_features

@@ -14,7 +14,6 @@ release).
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections import defaultdict
