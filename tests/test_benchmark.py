@@ -23,7 +23,7 @@ def test_benchmark_measures_ir_and_torch(ir_dir: Path, tiny_bert_dir: Path, tmp_
     out = tmp_path / "bench.json"
     args = [
         "benchmark", "--model_name_or_path", str(ir_dir), str(tiny_bert_dir), "--names", "ir", "torch",
-        "--seq_lengths", "32", "64", "--batch_sizes", "1", "2", "--min_seconds", "0.05", "--throughput_seconds", "0.3",
+        "--backend", "openvino", "torch", "--seq_lengths", "32", "64", "--batch_sizes", "1", "2", "--min_seconds", "0.05", "--throughput_seconds", "0.3",
         "--validation_file", str(squad_dir / "v1.1" / "dev.json"), "--max_eval_samples", "8",
         "--max_seq_length", "96", "--doc_stride", "32", "--output_file", str(out),
     ]  # fmt: skip

@@ -203,7 +203,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="qacompress benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--model_name_or_path", nargs="+", required=True, help="model directories to compare")
     parser.add_argument("--names", nargs="+", help="row names (default: directory names)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "openvino", "torch"))
+    parser.add_argument(
+        "--backend", nargs="+", default=["auto"], choices=("auto", "openvino", "torch"),
+        help="one for all models, or one per model (e.g. torch openvino to compare a dir's torch model with its IR)",
+    )  # fmt: skip
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--seq_lengths", nargs="+", type=int, default=[128, 384])
     parser.add_argument("--min_seconds", type=float, default=2.0, help="time spent per latency cell")
@@ -215,8 +218,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--doc_stride", type=int, default=128)
     parser.add_argument("--output_file", default="benchmark_results.json")
     args = parser.parse_args(argv)
-    if args.names and len(args.names) != len(args.model_name_or_path):
+    count = len(args.model_name_or_path)
+    if args.names and len(args.names) != count:
         raise QACompressError("--names needs one name per --model_name_or_path")
+    if len(args.backend) not in (1, count):
+        raise QACompressError("--backend takes one value, or one per --model_name_or_path")
+    backends = args.backend * count if len(args.backend) == 1 else args.backend
     settings = BenchmarkSettings(
         batch_sizes=tuple(args.batch_sizes), seq_lengths=tuple(args.seq_lengths), min_seconds=args.min_seconds,
         throughput_seconds=args.throughput_seconds, precision=args.inference_precision,
@@ -227,9 +234,9 @@ def main(argv: list[str]) -> int:
                       "max_seq_length": args.max_seq_length, "doc_stride": args.doc_stride}  # fmt: skip
     names = args.names or [Path(p).name for p in args.model_name_or_path]
     results = []
-    for path, name in zip(args.model_name_or_path, names):
-        print(f"measuring {name} ({path}) ...", flush=True)
-        results.append(measure_model(path, name=name, backend=args.backend, settings=settings, validation=validation))
+    for path, name, backend in zip(args.model_name_or_path, names, backends):
+        print(f"measuring {name} ({path}, {backend}) ...", flush=True)
+        results.append(measure_model(path, name=name, backend=backend, settings=settings, validation=validation))
     table = format_table(results, settings)
     print(table)
     atomic.write_json(args.output_file, {"settings": asdict(settings), "cpu_count": os.cpu_count(), "results": results})
