@@ -106,6 +106,16 @@ def test_jpqd_logs_losses_threshold_and_sparsity(jpqd_run: Path) -> None:
     assert finetune["global_step"] == 4  # steps 12..16 of the run: QAT on the pruned model
 
 
+def test_warmup_checkpoint_is_refused_by_evaluate_with_one_line(jpqd_run: Path, squad_dir: Path, capsys) -> None:
+    checkpoint = jpqd_run / "checkpoint-8"  # saved mid warm-up: importance scores still in training
+    assert (checkpoint / "compression_state.pt").is_file()
+    args = ["evaluate", "--model_name_or_path", str(checkpoint), "--backend", "torch",
+            "--validation_file", str(squad_dir / "v1.1" / "dev.json"), "--max_seq_length", "96"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(checkpoint) in err and "warm-up" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     "config_name, model_fixture",
     [

@@ -120,7 +120,13 @@ def load_qa_model(
     except (OSError, ValueError) as exc:
         raise _explain(name_or_path, "model", exc) from None
     if restore_compression and Path(name_or_path).is_dir():
-        model = apply_compression_state(model, load_compression_state(name_or_path))
+        state = load_compression_state(name_or_path)
+        if state and "movement_schedule" in state:
+            raise ModelError(
+                f"{name_or_path} is a checkpoint from a JPQD pruning warm-up (masks still in training): "
+                "re-run the training command to resume it, or use the run's output_dir once it has finished"
+            )
+        model = apply_compression_state(model, state)
     return model
 
 
