@@ -289,19 +289,27 @@ def _results(out: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["qat", "jpqd"])
-def test_killed_run_resumes_and_matches(kind, tmp_path, tiny_bert_dir, squad_dir) -> None:
-    extra = ["--max_steps", "30"] + _jpqd_flags(kind, tmp_path, tiny_bert_dir)  # JPQD: warm-up to step 12
+@pytest.mark.parametrize(
+    "kind, checkpoint",
+    [("qat", "checkpoint-10"), ("jpqd", "checkpoint-10"), ("jpqd", "finetune/checkpoint-10")],
+    ids=["qat", "jpqd-warmup", "jpqd-finetune"],
+)
+def test_killed_run_resumes_and_matches(kind, checkpoint, tmp_path, tiny_bert_dir, squad_dir) -> None:
+    # JPQD: warm-up to step 12 (checkpoint-10 is inside it), QAT fine-tuning in finetune/ to step 30.
+    extra = ["--max_steps", "30"] + _jpqd_flags(kind, tmp_path, tiny_bert_dir)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert subprocess.run(_train_cmd(tiny_bert_dir, squad_dir, whole, *extra), capture_output=True).returncode == 0
     _kill_after(_train_cmd(tiny_bert_dir, squad_dir, broken, *extra),
-                lambda: (broken / "checkpoint-10" / "trainer_state.json").is_file())  # fmt: skip
+                lambda: (broken / checkpoint / "trainer_state.json").is_file())  # fmt: skip
     assert not (broken / "eval_results.json").exists()
     again = subprocess.run(_train_cmd(tiny_bert_dir, squad_dir, broken, *extra), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming from" in again.stderr and "checkpoint-10" in again.stderr
+    assert "resuming from" in again.stderr and checkpoint in again.stderr
     assert abs(_results(whole)["eval_f1"] - _results(broken)["eval_f1"]) <= 0.5
     assert abs(_results(whole)["eval_openvino_f1"] - _results(broken)["eval_openvino_f1"]) <= 0.5
+    if kind == "jpqd":  # the warm-up's figures survive a resume in the second phase
+        first, second = (json.loads((d / "all_results.json").read_text()) for d in (whole, broken))
+        assert second["warmup_train_runtime"] > 0 and second["epoch"] == first["epoch"] > second["warmup_epoch"]
 
 
 # --- safe outputs ----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ command resumes whichever phase was interrupted.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qacompress import atomic
 from qacompress.architecture import require_layout
 from qacompress.checkpoint import apply_compression_state, load_compression_state
 from qacompress.config import CompressionConfig
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 PRUNED_DIR = "pruned"
 FINETUNE_DIR = "finetune"
+WARMUP_RESULTS = "warmup_results.json"  # phase-1 metrics, kept for a run resumed in phase 2
 
 
 def plan_steps(compression: CompressionConfig, args: Any, num_features: int) -> tuple[int, int, int]:
@@ -114,6 +117,9 @@ def train_jpqd(
         model = trainer.accelerator.unwrap_model(trainer.model)
         if args.should_save:
             save_pruned(model, pruner, mconfig.enable_structured_masking, tokenizer, out / PRUNED_DIR)
+            atomic.write_json(out / PRUNED_DIR / WARMUP_RESULTS, metrics)
+    elif (out / PRUNED_DIR / WARMUP_RESULTS).is_file():
+        metrics.update(json.loads((out / PRUNED_DIR / WARMUP_RESULTS).read_text()))
     _barrier(args)
 
     model = load_qa_model(str(out / PRUNED_DIR))
@@ -137,6 +143,8 @@ def train_jpqd(
         )
         trainer.save_state()
         metrics.update(phase)
+        if "warmup_epoch" in metrics and "epoch" in phase:
+            metrics["epoch"] = metrics["warmup_epoch"] + phase["epoch"]  # of the whole run, not of phase 2
         model = trainer.accelerator.unwrap_model(trainer.model)
     if args.should_save:
         compression_report(
