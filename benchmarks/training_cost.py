@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import multiprocessing as mp
-import resource
 import statistics
 import sys
 import tempfile
@@ -62,6 +61,7 @@ def run_steps(kind: str, steps: int, batch: int, seq: int, queue) -> None:
     from transformers import TrainerCallback, default_data_collator
 
     from qacompress.arguments import QACompressTrainingArguments
+    from qacompress.benchmark import peak_rss_mb
     from qacompress.data import load_examples
     from qacompress.features import prepare_train_features
     from qacompress.models import default_model_path, load_tokenizer
@@ -98,7 +98,7 @@ def run_steps(kind: str, steps: int, batch: int, seq: int, queue) -> None:
             "kind": kind,
             "step_seconds_median": round(statistics.median(timed), 3),
             "steps_timed": len(timed),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": peak_rss_mb(),
         }
     )
 

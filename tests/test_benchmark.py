@@ -55,3 +55,16 @@ def test_ptq_baseline_produces_an_int8_ir(ir_dir: Path, tmp_path: Path) -> None:
     assert 'type="FakeQuantize"' in xml
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "model.safetensors").exists()  # a PTQ dir is IR-only
+
+
+def test_peak_memory_is_the_measured_models_own(ir_dir: Path) -> None:
+    """A parent that holds 1.5 GB must not lend its peak to the child that measures a tiny model."""
+    import numpy as np
+
+    from qacompress.benchmark import BenchmarkSettings, measure_model, peak_rss_mb
+
+    ballast = np.ones(1500 * 2**20 // 8)  # written, so resident
+    parent = peak_rss_mb()
+    result = measure_model(str(ir_dir), settings=BenchmarkSettings(seq_lengths=(32,), batch_sizes=(1,), min_seconds=0.05, throughput_seconds=0))
+    assert parent > 1500 > result["peak_rss_mb"] > 50, (parent, result["peak_rss_mb"])
+    del ballast

@@ -112,6 +112,21 @@ def openvino_throughput(model_dir: str, inputs: dict[str, np.ndarray], settings:
     return round(done * batch / (time.perf_counter() - start), 2)
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory in MB.
+
+    Linux carries `ru_maxrss` across exec, so a spawned child would report its parent's peak; the
+    address space's high-water mark (`VmHWM`) starts afresh with the new program.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, validation: dict | None) -> dict:
     """Runs in a child process: every measurement of one model."""
     from qacompress.models import load_config
@@ -130,7 +145,7 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
         result.throughput_samples_per_s = openvino_throughput(path, inputs, settings)
     if validation:
         result.metrics = _accuracy(path, runner, validation)
-    result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result.peak_rss_mb = peak_rss_mb()
     return asdict(result)
 
 
