@@ -46,7 +46,8 @@ def main() -> int:
         features = prepare_eval_features(examples, tokenizer, max_seq_length=256, doc_stride=128, pad_to_max_length=False, load_from_cache_file=False)
         pad_id = tokenizer.pad_token_id or 0
         model = load_qa_model(str(directory))
-        torch_f1 = f1_of(TorchQAModel(model), examples, features, pad_id)
+        runner = TorchQAModel(model)  # the jitter hooks below act on this same model
+        torch_f1 = f1_of(runner, examples, features, pad_id)
         ir_f1 = f1_of(OpenVINOQAModel(directory), examples, features, pad_id)
         perturbed = []
         for seed in SEEDS:
@@ -56,7 +57,7 @@ def main() -> int:
                 return out * (1 + EPS * torch.randn(out.shape, generator=generator))
 
             hook = model.get_input_embeddings().register_forward_hook(jitter)
-            perturbed.append(f1_of(TorchQAModel(model), examples, features, pad_id))
+            perturbed.append(f1_of(runner, examples, features, pad_id))
             hook.remove()
         spread = max(abs(f - torch_f1) for f in perturbed)
         data[name] = {"torch_f1": torch_f1, "ir_f1": ir_f1, "perturbed_f1": perturbed, "eps": EPS, "max_shift": spread}

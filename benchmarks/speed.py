@@ -39,11 +39,11 @@ def calibration(tokenizer, count: int, seq: int = 256) -> list[dict]:
 
 
 def prepare_family(
-    name: str, torch_dir: Path, tokenizer, qat_dir: Path | None, jpqd_dir: Path | None, samples: int = 300
+    name: str, torch_dir: Path, tokenizer, qat_dir: Path | None, jpqd_dir: Path | None, num_samples: int = 300
 ) -> list[tuple[str, Path, str]]:
-    """Model dirs to measure: (row name, directory, backend). `samples` calibrate PTQ and the QAT ranges."""
+    """Model dirs to measure: (row name, directory, backend). `num_samples` calibrate PTQ and QAT ranges."""
     base = WORK / name
-    samples = calibration(tokenizer, samples)
+    samples = calibration(tokenizer, num_samples)
     rows = [(f"{name} torch FP32", torch_dir, "torch")]
     ov_fp32 = base / "ov-fp32"
     if not (ov_fp32 / "openvino_model.xml").is_file():
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     if not args.skip_bert_base:
         # Random weights: the ranges do not change the speed, and 64 samples keep NNCF's per-sample
         # range statistics (mean_min_max) within this machine's memory at BERT-base size.
-        families.append(prepare_family("BERT-base", bert_base_dir(tokenizer), tokenizer, None, None, samples=64))
+        families.append(prepare_family("BERT-base", bert_base_dir(tokenizer), tokenizer, None, None, num_samples=64))
     fp32 = RUNS / "minilm-fp32"
     if (fp32 / "config.json").is_file():
         qat, jpqd = RUNS / "minilm-qat", RUNS / "minilm-jpqd"
