@@ -54,7 +54,9 @@ class QuantizationConfig:
     max_percentile: float = 99.9
     weights: QuantizerParams = field(default_factory=QuantizerParams)
     activations: QuantizerParams = field(default_factory=QuantizerParams)
-    overflow_fix: str | None = None
+    #: NNCF 2's default: 7-bit weights in every layer, so that u8 x s8 pair sums fit int16 on CPUs
+    #: without VNNI (AVX2's `vpmaddubsw` saturates otherwise and the IR no longer computes what trained).
+    overflow_fix: str = "enable"
     ignored_scopes: list[str] = field(default_factory=list)
     target_device: str = "ANY"
 
@@ -240,8 +242,8 @@ def _parse_quantization(reader: _Reader) -> QuantizationConfig:
     if preset not in ("mixed", "performance"):
         raise reader.fail("preset", f"expected 'mixed' or 'performance', got {preset!r}")
     config = QuantizationConfig(preset=preset)
-    overflow = reader.get("overflow_fix", str)
-    if overflow not in (None, "enable", "disable", "first_layer_only"):
+    overflow = reader.get("overflow_fix", str, config.overflow_fix)
+    if overflow not in ("enable", "disable", "first_layer_only"):
         raise reader.fail("overflow_fix", f"expected 'enable', 'disable' or 'first_layer_only', got {overflow!r}")
     config.overflow_fix = overflow
     device = reader.get("target_device", str, "ANY")

@@ -39,6 +39,14 @@ def _nncf():
     return nncf
 
 
+def _prepare_kernels(model: nn.Module) -> None:
+    """Build NNCF's quantizer kernels for the model's device before its first quantizer runs."""
+    from qacompress.extensions import ensure_quantizer_extension
+
+    param = next(model.parameters(), None)
+    ensure_quantizer_extension("cuda" if param is not None and param.device.type == "cuda" else "cpu")
+
+
 def is_quantized(model: nn.Module) -> bool:
     """True when NNCF hooks (quantizers) are attached to `model`."""
     from nncf.torch.function_hook.wrapper import is_wrapped
@@ -133,10 +141,11 @@ def quantize_model(
     if not calibration:
         raise ConfigError("quantization needs at least one calibration sample", file=source)
     samples = list(calibration[: config.num_init_samples])
+    _prepare_kernels(model)
     example = samples[0]
     ignored = resolve_ignored_scope(model, config.ignored_scopes, example, source)
     advanced = AdvancedQuantizationParameters(
-        overflow_fix=None if config.overflow_fix is None else OverflowFix(config.overflow_fix),
+        overflow_fix=OverflowFix(config.overflow_fix),
         activations_quantization_params=_quantizer_params(config.activations),
         weights_quantization_params=_quantizer_params(config.weights),
         activations_range_estimator_params=_range_estimator(config),
@@ -179,6 +188,7 @@ def quantizer_layout(model: nn.Module) -> str:
 def restore_quantization(model: nn.Module, layout: str) -> nn.Module:
     """Attach the quantizers described by `layout` to a fresh `model`; load values with `load_state_dict`."""
     _nncf()
+    _prepare_kernels(model)
     from nncf.torch import load_from_config
 
     def decode(obj: dict[str, Any]) -> Any:
