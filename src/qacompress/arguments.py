@@ -107,12 +107,12 @@ class QACompressTrainingArguments(TrainingArguments):
             raise QACompressError(f"--distillation_temperature must be >= 1, got {self.distillation_temperature}")
         if self.inference_precision not in ("f32", "bf16", "auto"):
             raise QACompressError(f"--inference_precision must be f32, bf16 or auto, got {self.inference_precision!r}")
-        if (self.fp16 or self.fp16_full_eval) and not _has_cuda():
+        if (self.fp16 or self.fp16_full_eval) and not _has_accelerator():
             raise QACompressError(
-                "--fp16 needs a CUDA GPU and none is available; drop --fp16 (CPU training runs in FP32; "
-                "--bf16 works on CPUs with bfloat16 support)"
+                "--fp16 needs a CUDA GPU (or another accelerator torch supports) and none is available; drop "
+                "--fp16 (CPU training runs in FP32; --bf16 works on CPUs with bfloat16 support)"
             )
-        if not _has_cuda():
+        if not _has_accelerator():
             # On a CPU-only machine, say so: accelerate then sets up gloo DDP under torchrun (without
             # it, each torchrun process would train alone), and pinning memory would only warn.
             self.use_cpu = True
@@ -120,10 +120,11 @@ class QACompressTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def _has_cuda() -> bool:
+def _has_accelerator() -> bool:
+    """CUDA, ROCm, XPU, MPS...: whichever torch can train on; transformers decides what each supports."""
     import torch
 
-    return torch.cuda.is_available()
+    return torch.accelerator.is_available()
 
 
 #: Flags of the transformers 4 era that users' scripts still pass, and their transformers 5 names.

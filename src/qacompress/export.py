@@ -10,6 +10,7 @@ interrupted export leaves the previous one in place.
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import warnings
@@ -37,13 +38,22 @@ def example_inputs(tokenizer, length: int = 64) -> dict[str, torch.Tensor]:
     return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+def cpu_float_copy(model: nn.Module) -> nn.Module:
+    """`model` itself when it is already float32 on the CPU, else a float32 CPU copy: OpenVINO traces
+    on the CPU, and a model trained on a GPU (or cast to fp16/bf16) must stay where it is."""
+    params = list(model.parameters())
+    if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params if p.is_floating_point()):
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+
+
 def to_openvino(model: nn.Module, example_input: dict[str, torch.Tensor]):
     """An `openvino.Model` of `model` (fake quantizers become FakeQuantize ops)."""
     import openvino as ov
 
     from qacompress.quantization import is_quantized, strip
 
-    model = model.eval()
+    model = cpu_float_copy(model).eval()
     source = strip(model, example_input) if is_quantized(model) else model
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

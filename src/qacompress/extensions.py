@@ -96,6 +96,7 @@ def ensure_quantizer_extension(device_type: str = "cpu") -> bool:
     `torchrun` job: one builds, the others wait and then load.
     """
     owned = _use_environment_root()
+    import nncf
     from nncf.torch.quantization import extensions as nncf_extensions
     from nncf.torch.quantization.reference import ReferenceQuantizedFunctions
 
@@ -110,7 +111,11 @@ def ensure_quantizer_extension(device_type: str = "cpu") -> bool:
             logger.info("building NNCF's %s quantizer extension once for this environment (a minute or two) in %s",
                         device_type.upper(), build_dir)
         start = time.perf_counter()
-        module = loader.load()  # compiles if needed; no timeout here, unlike NNCF's lazy loader
+        try:
+            module = loader.load()  # compiles if needed; no timeout here, unlike NNCF's lazy loader
+        except nncf.InstallationError as exc:  # only the CUDA loader raises; the CPU one falls back
+            raise QACompressError(f"NNCF could not compile its {device_type.upper()} quantizer kernels: "
+                                  f"{str(exc).splitlines()[0]}") from None
         if not built:
             logger.info("built NNCF's quantizer extension in %.0f s", time.perf_counter() - start)
     # NNCF's lazy loader will load the finished build again; with the .so in place it takes a moment.

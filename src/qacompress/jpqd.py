@@ -70,9 +70,14 @@ def plan_steps(compression: CompressionConfig, args: Any, num_features: int) -> 
 
 
 def freeze_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Zero masked parameters (`{"<module>.weight": mask}`) and keep them zero while training."""
+    """Zero masked parameters (`{"<module>.weight": mask}`) and keep them zero while training.
+
+    Gradient hooks live on the parameter objects: call this on the model that trains, after
+    `quantize_model` (whose deep copy rebuilds the parameters without their hooks).
+    """
     for name, mask in masks.items():
         param = model.get_parameter(name)
+        mask = mask.to(device=param.device, dtype=param.dtype)
         with torch.no_grad():
             param.mul_(mask)
         param.register_hook(lambda grad, mask=mask: grad * mask)
@@ -124,7 +129,6 @@ def train_jpqd(
 
     model = load_qa_model(str(out / PRUNED_DIR))
     state = load_compression_state(out / PRUNED_DIR) or {}
-    freeze_zeros(model, state.get("frozen_masks", {}))
     finetune_args = dataclasses.replace(args, output_dir=str(out / FINETUNE_DIR), max_steps=total - warmup_end)
     resume = resolve_resume(finetune_args, out / FINETUNE_DIR)
     qconfig = compression.quantization
@@ -136,6 +140,7 @@ def train_jpqd(
 
             samples = calibration_samples(data.train_features, qconfig.num_init_samples, args.seed)
             model = quantize_model(model, qconfig, samples, source=compression.source)
+    freeze_zeros(model, state.get("frozen_masks", {}))
     if total > warmup_end:
         trainer, phase = fit(
             model, tokenizer, finetune_args, data, settings, teacher=teacher, resume=resume,

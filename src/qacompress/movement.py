@@ -65,7 +65,14 @@ class _StraightThrough(torch.autograd.Function):
 class MovementPruner(nn.Module):
     """Importance scores, masks, schedule and regulariser for the targeted linears of one model."""
 
-    def __init__(self, config: MovementSparsityConfig, targets: list[Target], shapes: dict[str, tuple[int, int]]):
+    def __init__(
+        self,
+        config: MovementSparsityConfig,
+        targets: list[Target],
+        shapes: dict[str, tuple[int, int]],
+        device: torch.device | None = None,
+    ):
+        """Scores start at zero on `device` (the model's), in float32 whatever the model's dtype."""
         super().__init__()
         self.config = config
         self.targets = {t.module_name: t for t in targets}
@@ -73,9 +80,9 @@ class MovementPruner(nn.Module):
         self.bias_scores = nn.ParameterDict()
         for t in targets:
             rows, cols = shapes[t.module_name]
-            self.scores[t.key] = nn.Parameter(torch.zeros(rows // t.factors[0], cols // t.factors[1]))
+            self.scores[t.key] = nn.Parameter(torch.zeros(rows // t.factors[0], cols // t.factors[1], device=device))
             if t.prune_bias:
-                self.bias_scores[t.key] = nn.Parameter(torch.zeros(rows // t.factors[0]))
+                self.bias_scores[t.key] = nn.Parameter(torch.zeros(rows // t.factors[0], device=device))
         self.threshold = -math.inf
         self.regularization_factor = 0.0
         self.init_threshold = config.init_importance_threshold
@@ -220,8 +227,8 @@ class MovementPruner(nn.Module):
 def _masked_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`nn.Linear.forward` with the pruner's current masks applied to weight and bias."""
     weight_mask, bias_mask = self.qacompress_pruner[0].masks(self.qacompress_target)
-    bias = self.bias if bias_mask is None or self.bias is None else self.bias * bias_mask
-    return F.linear(x, self.weight * weight_mask, bias)
+    bias = self.bias if bias_mask is None or self.bias is None else self.bias * bias_mask.to(self.bias.dtype)
+    return F.linear(x, self.weight * weight_mask.to(self.weight.dtype), bias)
 
 
 def _structure_for(scopes: tuple[str, ...], config: MovementSparsityConfig) -> SparseStructure | None:
@@ -276,7 +283,8 @@ def attach_movement_pruning(model: nn.Module, config: MovementSparsityConfig, so
         shapes[name] = (rows, cols)
     if not targets:
         raise ConfigError("no nn.Linear layer is left to prune after ignored_scopes", file=source, key="movement_sparsity")
-    pruner = MovementPruner(config, targets, shapes)
+    device = model.get_submodule(targets[0].module_name).weight.device
+    pruner = MovementPruner(config, targets, shapes, device)
     model.add_module(ATTR, pruner)
     ref = [pruner]  # in a list, so that the pruner does not become a submodule of each linear
     for t in targets:

@@ -50,8 +50,8 @@ def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int, zero: bool) 
     return new
 
 
-def _head_index(heads: Sequence[int], head_size: int) -> torch.Tensor:
-    return torch.tensor([h * head_size + i for h in heads for i in range(head_size)], dtype=torch.long)
+def _head_index(heads: Sequence[int], head_size: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([h * head_size + i for h in heads for i in range(head_size)], dtype=torch.long, device=device)
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -82,8 +82,9 @@ def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> dict[str, torch.Tenso
     if len(keep) != len(layout.layers):
         raise ValueError(f"expected {len(layout.layers)} LayerKeep entries, got {len(keep)}")
     for layer, spec in zip(layout.layers, keep):
+        device = model.get_submodule(layer.query).weight.device
         heads = sorted(set(spec.heads)) or [0]
-        head_idx = _head_index(heads, layout.head_size)
+        head_idx = _head_index(heads, layout.head_size, device)
         empty = not spec.heads
         for role in ("query", "key", "value"):
             name = getattr(layer, role)
@@ -100,7 +101,7 @@ def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> dict[str, torch.Tenso
             holder.all_head_size = len(heads) * layout.head_size
 
         neurons = sorted(set(spec.neurons)) or [0]
-        neuron_idx = torch.tensor(neurons, dtype=torch.long)
+        neuron_idx = torch.tensor(neurons, dtype=torch.long, device=device)
         _set(model, layer.ffn_in, _slice_linear(model.get_submodule(layer.ffn_in), neuron_idx, 0, zero=False))
         _set(
             model,

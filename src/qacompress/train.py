@@ -146,9 +146,8 @@ def calibration_samples(features: Any, count: int, seed: int) -> list[dict[str, 
 def steps_per_epoch(num_features: int, args: QACompressTrainingArguments) -> int:
     """Optimizer steps per epoch, as the Trainer will count them (per process, after accumulation)."""
     per_process = math.ceil(num_features / max(args.world_size, 1))
-    batches = per_process // args.per_device_train_batch_size if args.dataloader_drop_last else math.ceil(
-        per_process / args.per_device_train_batch_size
-    )
+    batch = args.train_batch_size  # per_device_train_batch_size x GPUs of this process (DataParallel)
+    batches = per_process // batch if args.dataloader_drop_last else math.ceil(per_process / batch)
     return max(1, math.ceil(batches / args.gradient_accumulation_steps))
 
 

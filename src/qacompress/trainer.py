@@ -59,7 +59,7 @@ class QACompressTrainer(Trainer):
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ):
         outputs = model(**inputs)
-        task = outputs.loss
+        task = outputs.loss.mean()  # DataParallel returns one loss per replica
         loss = task
         parts = {"task_loss": task.detach()}
         if self.teacher is not None and model.training:
