@@ -76,9 +76,12 @@ class TorchQAModel:
         self.input_names = tuple(n for n in forward_names if n != "token_type_ids" or has_types)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        device = next(self.model.parameters()).device
         with torch.inference_mode():
-            out = self.model(**{k: torch.from_numpy(np.asarray(inputs[k])) for k in self.input_names if k in inputs})
-        return out.start_logits.float().numpy(), out.end_logits.float().numpy()
+            out = self.model(
+                **{k: torch.from_numpy(np.asarray(inputs[k])).to(device) for k in self.input_names if k in inputs}
+            )
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
 
 
 def load_runner(model_dir: str, *, backend: str = "auto", precision: str = "f32", device: str = "CPU") -> QARunner:

@@ -27,7 +27,7 @@ from qacompress.config import CompressionConfig, default_compression_config, loa
 from qacompress.data import load_examples
 from qacompress.distillation import DistillationConfig, check_teacher_tokenizer, freeze_teacher
 from qacompress.errors import QACompressError
-from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, squad_compute_metrics, write_predictions
+from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, write_predictions
 from qacompress.export import save_model_dir
 from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features, prepare_train_features
 from qacompress.models import default_model_path, load_qa_model, load_tokenizer
@@ -175,22 +175,15 @@ def fit(
     """Train `model` with one `QACompressTrainer`; returns the trainer and its TrainOutput metrics."""
     from qacompress.trainer import QACompressTrainer
 
-    compute_metrics = None
-    if data.eval_features is not None:
-        compute_metrics = squad_compute_metrics(
-            data.eval_examples,
-            data.eval_features,
-            settings,
-            on_predictions=lambda p: args.should_save and write_predictions(args.output_dir, p),
-        )
     trainer = QACompressTrainer(
         model=model,
         args=args,
         train_dataset=model_inputs(data.train_features, True) if data.train_features is not None else None,
-        eval_dataset=model_inputs(data.eval_features, False) if data.eval_features is not None else None,
+        eval_dataset=data.eval_features,  # scored with eval_examples at every evaluation (trainer.evaluate)
+        eval_examples=data.eval_examples,
+        decode_settings=settings,
         processing_class=tokenizer,
         data_collator=data.collator,
-        compute_metrics=compute_metrics,
         teacher=teacher,
         distillation=DistillationConfig(args.distillation_weight, args.distillation_temperature),
         schedule_steps=schedule_steps,
