@@ -4,6 +4,7 @@ compression state; tiny models, a few steps each."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -134,16 +135,18 @@ def test_qat_best_model_is_restored_with_its_quantizers(tmp_path: Path, tiny_ber
 def test_jpqd_logs_both_phases_and_picks_best_in_finetuning(
     tmp_path: Path, tiny_bert_dir: Path, squad_dir: Path
 ) -> None:
+    sections = copy.deepcopy(TINY_JPQD)
+    sections[0]["params"]["steps_per_epoch"] = 2
     config = tmp_path / "jpqd.json"
-    config.write_text(json.dumps(TINY_JPQD))
+    config.write_text(json.dumps(sections))
     out = tmp_path / "jpqd"
-    # 24 examples -> 4 steps per epoch; warm-up to step 12 (3 steps per schedule epoch), QAT to 16.
-    args = run_args(tiny_bert_dir, squad_dir, out, "--nncf_compression_config", str(config), "--max_steps", "16",
+    # Warm-up epochs 1..4 of 2 steps: warm-up to step 8, then QAT on the pruned model to step 12.
+    args = run_args(tiny_bert_dir, squad_dir, out, "--nncf_compression_config", str(config), "--max_steps", "12",
                     "--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2",
                     "--load_best_model_at_end", "--metric_for_best_model", "f1")  # fmt: skip
     assert main(args) == 0
     warmup = evaluations(out)
-    assert [e["step"] for e in warmup] == [2, 4, 6, 8, 10, 12]
+    assert [e["step"] for e in warmup] == [2, 4, 6, 8]
     assert best_state(out)["best_model_checkpoint"] is None  # warm-up evaluations are not eligible
     finetune = evaluations(out / "finetune")
     assert [e["step"] for e in finetune] == [2, 4]
@@ -152,3 +155,12 @@ def test_jpqd_logs_both_phases_and_picks_best_in_finetuning(
     final = json.loads((out / "eval_results.json").read_text())
     assert final["eval_f1"] == best["eval_f1"]
     assert_same_model(load_qa_model(str(out)), load_qa_model(str(out / "finetune" / f"checkpoint-{best['step']}")))
+
+
+def test_best_metric_must_be_one_evaluations_report(tmp_path: Path, tiny_bert_dir: Path, squad_dir: Path, capsys) -> None:
+    # Without --metric_for_best_model, Trainer picks eval_loss, which unlabelled SQuAD features cannot give.
+    args = run_args(tiny_bert_dir, squad_dir, tmp_path / "o", "--eval_strategy", "steps", "--eval_steps", "2",
+                    "--save_steps", "2", "--load_best_model_at_end")  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--metric_for_best_model loss" in err and "f1" in err and "Traceback" not in err

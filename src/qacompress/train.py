@@ -86,6 +86,22 @@ def check_output_dir(args: QACompressTrainingArguments) -> None:
         )
 
 
+def check_best_metric(args: QACompressTrainingArguments, version_2_with_negative: bool) -> None:
+    """`--metric_for_best_model` must name a metric that evaluations during training report (Trainer
+    defaults it to `loss` with `--load_best_model_at_end`, but the evaluation features carry no labels)."""
+    name = args.metric_for_best_model
+    if not args.do_train or name is None:
+        return
+    wanted = ["exact_match", "f1"]
+    if version_2_with_negative:
+        wanted += [f"{p}_{m}" for p in ("HasAns", "NoAns", "best") for m in ("exact_match", "f1")]
+    if name.removeprefix("eval_") not in wanted:
+        raise QACompressError(
+            f"--metric_for_best_model {name}: evaluations during training report SQuAD metrics; "
+            f"use one of {', '.join(wanted)}"
+        )
+
+
 def load_data(data_args: DataTrainingArguments, args: QACompressTrainingArguments, tokenizer) -> Data:
     """Examples and features for the requested splits (prepared once, on the main process first)."""
     data = Data(collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer))
@@ -198,6 +214,7 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
     """Fine-tune (with compression), evaluate and export; returns all metrics."""
     set_seed(args.seed)
     check_output_dir(args)
+    check_best_metric(args, data_args.version_2_with_negative)
     model_path = model_args.model_name_or_path or default_model_path()
     if model_args.model_name_or_path is None:
         logger.info("no --model_name_or_path: using the packaged all-MiniLM-L6-v2 encoder at %s", model_path)
