@@ -76,11 +76,16 @@ def apply_compression_state(model: nn.Module, state: dict[str, Any] | None) -> n
         from qacompress.quantization import restore_quantization
 
         model = restore_quantization(model, state["quantizer_layout"])
-    tensors = state.get("tensors", {})
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    load_compression_tensors(model, state)
+    return model
+
+
+def load_compression_tensors(model: nn.Module, state: dict[str, Any]) -> None:
+    """Load the compression tensors of `state` into a model that already carries the same modules
+    (e.g. the best checkpoint's quantizer scales into the model that trained them)."""
+    missing, unexpected = model.load_state_dict(state.get("tensors", {}), strict=False)
     missing = [k for k in missing if k.startswith(COMPRESSION_PREFIXES)]
     if missing or unexpected:
         raise ModelError(
             f"compression state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    return model

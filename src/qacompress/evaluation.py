@@ -1,14 +1,13 @@
 """SQuAD evaluation: logits for every feature, n-best decoding, official EM/F1, result files.
 
-One code path for torch models inside the trainer (`squad_compute_metrics`, fed by `Trainer.evaluate`)
-and for any runner outside it (`run_features`, batched with length-sorted dynamic padding), so a
-torch model and its OpenVINO IR are scored identically.
+One code path (`evaluate_runner`: `run_features`, batched with length-sorted dynamic padding, then
+`decode_and_score`) for every runner: the torch model at each evaluation during training
+(`QACompressTrainer.evaluate`), in the final scoring, and its OpenVINO IR, so all are scored identically.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,21 +126,3 @@ def evaluate_runner(
 
 def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}_{k}" if not k.startswith(f"{prefix}_") else k: v for k, v in metrics.items()}
-
-
-def squad_compute_metrics(
-    examples: Any,
-    features: Any,
-    settings: DecodeSettings,
-    on_predictions: Callable[[QAPredictions], None] | None = None,
-) -> Callable[[Any], dict[str, float]]:
-    """A `compute_metrics` for `transformers.Trainer`: its predictions are the features' logits, in order."""
-
-    def compute(eval_prediction: Any) -> dict[str, float]:
-        start, end = eval_prediction.predictions[:2]
-        predictions, metrics = decode_and_score(examples, features, np.asarray(start), np.asarray(end), settings)
-        if on_predictions is not None:
-            on_predictions(predictions)
-        return metrics
-
-    return compute

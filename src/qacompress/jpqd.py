@@ -69,6 +69,17 @@ def plan_steps(compression: CompressionConfig, args: Any, num_features: int) -> 
     return per_epoch, warmup_end, total
 
 
+def warmup_training_args(args: Any, warmup_end: int) -> Any:
+    """The warm-up phase's arguments: its evaluations are logged, but none of its checkpoints is
+    eligible as the best model (a masked float model is not what ships, and its F1 falls as the
+    threshold rises, so "best" would undo the pruning); best is chosen within fine-tuning only."""
+    keep_metric = args.save_strategy == "best"  # Trainer needs the metric to save on improvement
+    return dataclasses.replace(
+        args, max_steps=warmup_end, load_best_model_at_end=False,
+        metric_for_best_model=args.metric_for_best_model if keep_metric else None,
+    )  # fmt: skip
+
+
 def freeze_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero masked parameters (`{"<module>.weight": mask}`) and keep them zero while training.
 
@@ -112,7 +123,7 @@ def train_jpqd(
             pruner.load_schedule_state(state["movement_schedule"])
         from qacompress.trainer import MovementScheduleCallback
 
-        warmup_args = dataclasses.replace(args, max_steps=warmup_end)
+        warmup_args = warmup_training_args(args, warmup_end)
         trainer, phase = fit(
             model, tokenizer, warmup_args, data, settings, teacher=teacher, resume=resume,
             schedule_steps=(0, total), callbacks=[MovementScheduleCallback(pruner)],

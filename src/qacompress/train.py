@@ -27,7 +27,7 @@ from qacompress.config import CompressionConfig, default_compression_config, loa
 from qacompress.data import load_examples
 from qacompress.distillation import DistillationConfig, check_teacher_tokenizer, freeze_teacher
 from qacompress.errors import QACompressError
-from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, squad_compute_metrics, write_predictions
+from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, write_predictions
 from qacompress.export import save_model_dir
 from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features, prepare_train_features
 from qacompress.models import default_model_path, load_qa_model, load_tokenizer
@@ -83,6 +83,22 @@ def check_output_dir(args: QACompressTrainingArguments) -> None:
         raise QACompressError(
             f"output directory {out} already exists and is not empty, and holds no checkpoint to resume; "
             "use --overwrite_output_dir to train into it anyway, or choose another --output_dir"
+        )
+
+
+def check_best_metric(args: QACompressTrainingArguments, version_2_with_negative: bool) -> None:
+    """`--metric_for_best_model` must name a metric that evaluations during training report (Trainer
+    defaults it to `loss` with `--load_best_model_at_end`, but the evaluation features carry no labels)."""
+    name = args.metric_for_best_model
+    if not args.do_train or name is None:
+        return
+    wanted = ["exact_match", "f1"]
+    if version_2_with_negative:
+        wanted += [f"{p}_{m}" for p in ("HasAns", "NoAns", "best") for m in ("exact_match", "f1")]
+    if name.removeprefix("eval_") not in wanted:
+        raise QACompressError(
+            f"--metric_for_best_model {name}: evaluations during training report SQuAD metrics; "
+            f"use one of {', '.join(wanted)}"
         )
 
 
@@ -174,22 +190,15 @@ def fit(
     """Train `model` with one `QACompressTrainer`; returns the trainer and its TrainOutput metrics."""
     from qacompress.trainer import QACompressTrainer
 
-    compute_metrics = None
-    if data.eval_features is not None:
-        compute_metrics = squad_compute_metrics(
-            data.eval_examples,
-            data.eval_features,
-            settings,
-            on_predictions=lambda p: args.should_save and write_predictions(args.output_dir, p),
-        )
     trainer = QACompressTrainer(
         model=model,
         args=args,
         train_dataset=model_inputs(data.train_features, True) if data.train_features is not None else None,
-        eval_dataset=model_inputs(data.eval_features, False) if data.eval_features is not None else None,
+        eval_dataset=data.eval_features,  # scored with eval_examples at every evaluation (trainer.evaluate)
+        eval_examples=data.eval_examples,
+        decode_settings=settings,
         processing_class=tokenizer,
         data_collator=data.collator,
-        compute_metrics=compute_metrics,
         teacher=teacher,
         distillation=DistillationConfig(args.distillation_weight, args.distillation_temperature),
         schedule_steps=schedule_steps,
@@ -204,6 +213,7 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
     """Fine-tune (with compression), evaluate and export; returns all metrics."""
     set_seed(args.seed)
     check_output_dir(args)
+    check_best_metric(args, data_args.version_2_with_negative)
     model_path = model_args.model_name_or_path or default_model_path()
     if model_args.model_name_or_path is None:
         logger.info("no --model_name_or_path: using the packaged all-MiniLM-L6-v2 encoder at %s", model_path)

@@ -4,17 +4,25 @@
   regulariser (added once);
 - `log`: the loss parts, the importance threshold and sparsity per layer role at every logging step
   (so they reach the console, `trainer_state.json` and TensorBoard);
+- `evaluate`: SQuAD EM/F1 (v2 fields too) at every evaluation during training, by the same code and on
+  the same features as the final scoring (`qacompress.evaluation.evaluate_runner`), one forward pass;
+  needed because the evaluation features carry no labels, so `Trainer` never calls `compute_metrics`
+  (transformers' own `QuestionAnsweringTrainer` example overrides `evaluate` for the same reason);
 - `save_model`: plain weights with `save_pretrained` plus `compression_state.pt` (quantizers, scores,
   schedule), because safetensors cannot hold NNCF's shared quantizer scales;
 - `create_scheduler`: one learning-rate schedule across the phases of a JPQD run;
-- `MovementScheduleCallback`: moves the pruning threshold at every optimizer step.
+- `MovementScheduleCallback`: moves the pruning threshold at every optimizer step;
+- `BestCompressionStateCallback`: with `--load_best_model_at_end`, Trainer reloads only the plain
+  weights of the best checkpoint; this puts back its quantizer and importance-score tensors too.
 The inner training loop stays transformers' own (the old OVTrainer copied it and broke on every
 release).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import warnings
 from collections import defaultdict
 from typing import Any
@@ -23,10 +31,13 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import speed_metrics
 
-from qacompress.checkpoint import save_compressed
+from qacompress.checkpoint import load_compression_state, load_compression_tensors, save_compressed
 from qacompress.distillation import DistillationConfig, distillation_loss
+from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed
 from qacompress.movement import ATTR, MovementPruner
+from qacompress.runtime import TorchQAModel
 
 LABELS = ("start_positions", "end_positions")
 
@@ -40,10 +51,17 @@ class QACompressTrainer(Trainer):
         teacher: nn.Module | None = None,
         distillation: DistillationConfig | None = None,
         schedule_steps: tuple[int, int] | None = None,
+        eval_examples: Any = None,
+        decode_settings: DecodeSettings | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.add_callback(BestCompressionStateCallback())
         self.teacher = teacher
+        # With examples, `eval_dataset` is the full evaluation features (offsets, example ids) and every
+        # evaluation is SQuAD-scored; without, `evaluate` is Trainer's own.
+        self.eval_examples = eval_examples
+        self.decode_settings = decode_settings or DecodeSettings()
         self.distillation = distillation or DistillationConfig()
         self.schedule_steps = schedule_steps  # (optimizer steps before this phase, steps of the whole run)
         self._loss_parts: dict[str, float] = defaultdict(float)
@@ -99,6 +117,44 @@ class QACompressTrainer(Trainer):
                     logs[f"sparsity/{role}"] = round(value, 4)
         super().log(logs, start_time)
 
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+        eval_examples: Any = None,
+    ) -> dict[str, float]:
+        """SQuAD EM/F1 of the model as it is now (masked, pruned or fake-quantized), logged like Trainer's.
+
+        The same call as the final scoring (`train.score_split`): one length-sorted forward pass over
+        the features, n-best decoding, the official metric; so it costs what the final evaluation
+        costs, and gives the same figures for the same weights. Each process of a distributed run
+        scores the whole set, so all agree on the best checkpoint.
+        """
+        examples = eval_examples if eval_examples is not None else self.eval_examples
+        if examples is None or isinstance(eval_dataset, dict):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        features = eval_dataset if eval_dataset is not None else self.eval_dataset
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        if hasattr(self.optimizer, "eval"):  # schedule-free optimizers evaluate their averaged weights
+            self.optimizer.eval()
+        start = time.time()
+        tokenizer = self.processing_class
+        _, scores = evaluate_runner(
+            TorchQAModel(model), examples, features, self.decode_settings,
+            batch_size=self.args.per_device_eval_batch_size,
+            pad_token_id=getattr(tokenizer, "pad_token_id", None) or 0,
+            progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+        )  # fmt: skip
+        model.train(was_training)  # the next training_step also puts the optimizer back in train mode
+        metrics = prefixed(scores, metric_key_prefix)
+        batches = math.ceil(len(features) / self.args.per_device_eval_batch_size)
+        metrics.update(speed_metrics(metric_key_prefix, start, num_samples=len(features), num_steps=batches))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """Within a multi-phase run, stretch the schedule over all phases and start at this phase's offset."""
         if not self.schedule_steps:
@@ -124,6 +180,21 @@ class QACompressTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+class BestCompressionStateCallback(TrainerCallback):
+    """After `--load_best_model_at_end`, load the best checkpoint's compression tensors as well.
+
+    Trainer's loader reads `model.safetensors` only, which leaves the last step's quantizer scales and
+    importance scores in place; those live in the checkpoint's `compression_state.pt`.
+    """
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not (args.load_best_model_at_end and state.best_model_checkpoint and model is not None):
+            return
+        saved = load_compression_state(state.best_model_checkpoint)
+        if saved is not None:
+            load_compression_tensors(model, saved)
 
 
 class MovementScheduleCallback(TrainerCallback):
