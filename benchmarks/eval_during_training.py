@@ -92,16 +92,18 @@ def main(argv: list[str]) -> int:
     base_wall, base_cpu = medians["final"]
     cpu_name, threads = describe(), torch.get_num_threads()
     lines = [
-        f"One evaluation of MiniLM-L6 on {len(examples)} questions ({len(features)} features, seq {args.seq}, "
+        f"One evaluation of {Path(args.model).name if args.model else 'MiniLM-L6'} on {len(examples)} questions ({len(features)} features, seq {args.seq}, "
         f"batch {args.batch}), median of {args.repeats} interleaved rounds, {threads} torch thread(s); CPU: {cpu_name}",
         "",
         "| evaluation | wall s | CPU s | CPU x final | EM / F1 |",
         "|---|---|---|---|---|",
     ]
+    em_f1 = {
+        "final": f"{final['exact_match']:.2f} / {final['f1']:.2f}",
+        "during training": f"{inside['eval_exact_match']:.2f} / {inside['eval_f1']:.2f}",
+    }
     for name, (wall, cpu) in medians.items():
-        em_f1 = {"final": f"{final['exact_match']:.2f} / {final['f1']:.2f}",
-                 "during training": f"{inside['eval_exact_match']:.2f} / {inside['eval_f1']:.2f}"}.get(name, "-")  # fmt: skip
-        lines.append(f"| {name} | {wall:.2f} | {cpu:.2f} | {cpu / base_cpu:.2f} | {em_f1} |")
+        lines.append(f"| {name} | {wall:.2f} | {cpu:.2f} | {cpu / base_cpu:.2f} | {em_f1.get(name, '-')} |")
     text = "\n".join(lines)
     print(text)
     write_results(

@@ -101,7 +101,8 @@ def test_epoch_strategy_logs_squad_v2_fields(tmp_path: Path, tiny_bert_dir: Path
     assert main(args) == 0
     evals = evaluations(out)
     assert [e["epoch"] for e in evals] == [1.0, 2.0]
-    for key in ("eval_exact_match", "eval_f1", "eval_HasAns_f1", "eval_NoAns_f1", "eval_best_f1", "eval_best_f1_thresh"):
+    v2_keys = ("eval_exact_match", "eval_f1", "eval_HasAns_f1", "eval_NoAns_f1", "eval_best_f1", "eval_best_f1_thresh")
+    for key in v2_keys:
         assert key in evals[-1], key
     final = json.loads((out / "eval_results.json").read_text())
     assert evals[-1]["eval_best_f1"] == final["eval_best_f1"] and evals[-1]["eval_f1"] == final["eval_f1"]
@@ -157,7 +158,9 @@ def test_jpqd_logs_both_phases_and_picks_best_in_finetuning(
     assert_same_model(load_qa_model(str(out)), load_qa_model(str(out / "finetune" / f"checkpoint-{best['step']}")))
 
 
-def test_best_metric_must_be_one_evaluations_report(tmp_path: Path, tiny_bert_dir: Path, squad_dir: Path, capsys) -> None:
+def test_best_metric_must_be_one_evaluations_report(
+    tmp_path: Path, tiny_bert_dir: Path, squad_dir: Path, capsys
+) -> None:
     # Without --metric_for_best_model, Trainer picks eval_loss, which unlabelled SQuAD features cannot give.
     args = run_args(tiny_bert_dir, squad_dir, tmp_path / "o", "--eval_strategy", "steps", "--eval_steps", "2",
                     "--save_steps", "2", "--load_best_model_at_end")  # fmt: skip
