@@ -27,7 +27,7 @@ from qacompress.config import CompressionConfig, default_compression_config, loa
 from qacompress.data import load_examples
 from qacompress.distillation import DistillationConfig, check_teacher_tokenizer, freeze_teacher
 from qacompress.errors import QACompressError
-from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, squad_compute_metrics, write_predictions
+from qacompress.evaluation import DecodeSettings, squad_compute_metrics, write_predictions
 from qacompress.export import save_model_dir
 from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features, prepare_train_features
 from qacompress.models import default_model_path, load_qa_model, load_tokenizer
@@ -302,22 +302,11 @@ def resolve_resume(args: QACompressTrainingArguments, directory: Path) -> str | 
 
 
 def score_split(model, tokenizer, args: QACompressTrainingArguments, examples, features, settings, prefix: str) -> dict:
-    """Predictions and SQuAD metrics of the torch model and, when exported, of its OpenVINO IR on the
-    same features; writes `{prefix}_predictions.json`, `{prefix}_nbest_predictions.json`,
-    `{prefix}_results.json` (and the `{prefix}_openvino_*` twins)."""
-    from qacompress.models import is_openvino_dir
-    from qacompress.runtime import OpenVINOQAModel, TorchQAModel
+    """SQuAD metrics of the torch model and its exported IR (`evaluation.score_model_dir`)."""
+    from qacompress.evaluation import score_model_dir
 
-    runners = [(prefix, TorchQAModel(model))]
-    if args.export_openvino and is_openvino_dir(args.output_dir):
-        runners.append((f"{prefix}_openvino", OpenVINOQAModel(args.output_dir, precision=args.inference_precision)))
-    metrics: dict[str, Any] = {}
-    for name, runner in runners:
-        predictions, scores = evaluate_runner(
-            runner, examples, features, settings,
-            batch_size=args.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id or 0,
-        )  # fmt: skip
-        metrics.update(prefixed(scores, name))
-        write_predictions(args.output_dir, predictions, prefix=name)
-    atomic.write_json(Path(args.output_dir) / f"{prefix}_results.json", metrics)
-    return metrics
+    return score_model_dir(
+        model, args.output_dir, examples, features, settings, prefix=prefix, with_ir=args.export_openvino,
+        precision=args.inference_precision, batch_size=args.per_device_eval_batch_size,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )  # fmt: skip
