@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import json
 
 import numpy as np
@@ -302,3 +303,75 @@ def test_unknown_architecture_is_refused(tmp_path, tokenizer, squad_dir, capsys)
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("qacompress: error")]
     assert len(errors) == 1 and "structured pruning needs a BERT-like" in errors[0] and "Traceback" not in err, err
+
+
+# ---- the same selection inside `train` (a qacompress `structured_pruning` config section) -------------
+FISHER_QAT = [
+    {"algorithm": "structured_pruning", "criterion": "fisher", "target_macs": 0.6, "num_samples": 16,
+     "refit_samples": 16},
+    {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8}}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "section, key, message",
+    [
+        ({"target_macs": 1.2}, "target_macs", "must be in (0, 1]"),
+        ({}, "target_macs", "exactly one of"),
+        ({"target_macs": 0.5, "target_latency": 0.5}, "target_macs", "exactly one of"),
+        ({"target_macs": 0.5, "criterion": "taylor"}, "criterion", "only 'fisher'"),
+        ({"target_latency": 0.5, "num_samples": 0}, "num_samples", "must be >= 1"),
+        ({"target_latency": 0.5, "refit": "yes"}, "refit", "expected bool"),
+    ],
+)
+def test_structured_pruning_section_errors_name_the_key(section, key, message):
+    from qacompress.config import parse_compression_config
+    from qacompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        parse_compression_config({"algorithm": "structured_pruning", **section}, source="c.json")
+    assert info.value.key == key
+
+
+def test_structured_pruning_section_parses_and_excludes_movement_sparsity():
+    from qacompress.config import parse_compression_config
+    from qacompress.errors import ConfigError
+
+    config = parse_compression_config(FISHER_QAT)
+    assert config.structured_pruning.target_macs == 0.6 and config.structured_pruning.num_samples == 16
+    assert config.quantization is not None and not config.warnings
+    movement = {"algorithm": "movement_sparsity",
+                "params": {"warmup_start_epoch": 0, "warmup_end_epoch": 1, "importance_regularization_factor": 0.1}}
+    with pytest.raises(ConfigError, match="use one of them"):
+        parse_compression_config([FISHER_QAT[0], movement])
+
+
+def test_train_selects_by_fisher_then_finetunes_with_qat(tiny_bert_dir, squad_dir, tmp_path):
+    config = tmp_path / "fisher.json"
+    config.write_text(json.dumps(FISHER_QAT))
+    out = tmp_path / "run"
+    assert main([
+        "train", "--model_name_or_path", str(tiny_bert_dir), "--teacher_model_name_or_path", str(tiny_bert_dir),
+        "--train_file", str(squad_dir / "v1.1" / "train.json"), "--validation_file", str(squad_dir / "v1.1" / "dev.json"),
+        "--do_train", "--do_eval", "--max_train_samples", "16", "--max_eval_samples", "8",
+        "--max_seq_length", str(SEQ), "--doc_stride", "16", "--per_device_train_batch_size", "8",
+        "--max_steps", "3", "--save_steps", "100", "--disable_tqdm", "true", "--seed", "3",
+        "--nncf_compression_config", str(config), "--output_dir", str(out),
+    ]) == 0  # fmt: skip
+    report = json.loads((out / "compression_report.json").read_text())
+    assert report["pruning"]["criterion"] == "fisher" and report["pruning"]["constraint"] == "macs"
+    assert report["pruning"]["calibration_features"] == 16
+    assert report["heads_kept"] + report["neurons_kept"] < report["heads_total"] + report["neurons_total"]
+    finetune = json.loads((out / "finetune" / "trainer_state.json").read_text())
+    assert finetune["global_step"] == 3  # the whole step budget went to fine-tuning the pruned model
+    model = load_qa_model(str(out))
+    from qacompress.quantization import is_quantized
+    from qacompress.structured import current_sizes
+
+    assert is_quantized(model)  # fine-tuned with QAT after the selection
+    assert current_sizes(model) == [
+        {"heads": max(len(k["heads"]), 1), "intermediate_size": max(len(k["neurons"]), 1)}
+        for k in report["pruning"]["kept"]
+    ]
+    results = json.loads((out / "all_results.json").read_text())
+    assert "eval_f1" in results and "eval_openvino_f1" in results

@@ -88,8 +88,18 @@ def feature_batches(features: Any, tokenizer, batch_size: int, limit: int | None
     return batches
 
 
-def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], config: PruneConfig) -> tuple[nn.Module, dict]:
-    """A pruned (and re-fitted) copy of `model` and a summary of how it was chosen (JSON-ready)."""
+@dataclass
+class PruneResult:
+    """The pruned (and re-fitted) model, how its structure was chosen (JSON-ready), and the parameter
+    masks that keep the zeroed stand-ins of emptied layers at zero if it is trained further."""
+
+    model: nn.Module
+    summary: dict[str, Any]
+    frozen: dict[str, torch.Tensor]
+
+
+def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], config: PruneConfig) -> PruneResult:
+    """Steps 1-4 on a copy of `model`."""
     layout = require_layout(model)
     model.eval()
     timings: dict[str, float] = {}
@@ -120,7 +130,7 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
     except ValueError as exc:
         raise QACompressError(f"--target_{kind} {fraction}: {exc}") from None
     pruned = copy.deepcopy(model)
-    prune_(pruned, selection.keep)
+    frozen = prune_(pruned, selection.keep)
     summary.update(
         heads_kept=selection.heads,
         neurons_kept=selection.neurons,
@@ -145,7 +155,7 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         selection.heads, selection.neurons, 100 * selection.cost / selection.budget, kind,
         100 * summary["fisher_kept_fraction"],
     )  # fmt: skip
-    return pruned, summary
+    return PruneResult(pruned, summary, frozen)
 
 
 # ---- the command ----------------------------------------------------------------------------------------
@@ -210,7 +220,8 @@ def run_prune(args: PruneArguments, data_args: Any) -> dict[str, Any]:
     if len(features) == 0:
         raise DataError("the calibration examples gave no features", file=source)
     batches = feature_batches(features, tokenizer, args.batch_size)
-    pruned, summary = fisher_prune(model, batches, config)
+    result = fisher_prune(model, batches, config)
+    pruned, summary = result.model, result.summary
 
     out = Path(args.output_dir)
     t0 = time.perf_counter()

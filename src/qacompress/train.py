@@ -42,6 +42,7 @@ class Data:
     eval_examples: Any = None
     eval_features: Any = None
     collator: Any = default_data_collator
+    max_seq_length: int = 384
 
 
 # ---- set-up -------------------------------------------------------------------------------------------
@@ -88,7 +89,10 @@ def check_output_dir(args: QACompressTrainingArguments) -> None:
 
 def load_data(data_args: DataTrainingArguments, args: QACompressTrainingArguments, tokenizer) -> Data:
     """Examples and features for the requested splits (prepared once, on the main process first)."""
-    data = Data(collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer))
+    data = Data(
+        collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
+        max_seq_length=data_args.max_seq_length,
+    )
     train_source = data_args.train_file or data_args.dataset_name
     eval_source = data_args.validation_file or data_args.dataset_name
     if args.do_train and not train_source:
@@ -230,6 +234,12 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
             from qacompress.jpqd import train_jpqd
 
             model, train_metrics = train_jpqd(model_path, load, tokenizer, compression, args, data, settings, teacher)
+        elif compression is not None and compression.structured_pruning is not None:
+            from qacompress.jpqd import train_structured
+
+            model, train_metrics = train_structured(
+                model_path, load, tokenizer, compression, args, data, settings, teacher
+            )
         else:
             model, train_metrics = train_single_phase(model_path, load, tokenizer, compression, args, data, settings, teacher)
         train_metrics["train_samples"] = len(data.train_features)
