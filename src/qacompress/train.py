@@ -196,7 +196,9 @@ def fit(
         data_collator=data.collator,
         compute_metrics=compute_metrics,
         teacher=teacher,
-        distillation=DistillationConfig(args.distillation_weight, args.distillation_temperature),
+        distillation=DistillationConfig(
+            args.distillation_weight, args.distillation_temperature, args.hidden_distillation_weight
+        ),
         schedule_steps=schedule_steps,
         callbacks=callbacks,
     )
@@ -215,6 +217,11 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_path, cache_dir=model_args.cache_dir)
     compression = resolve_compression(args)
     teacher = load_teacher(model_args, tokenizer)
+    if teacher is not None and args.hidden_distillation_weight > 0:
+        from qacompress.distillation import check_hidden_sizes
+        from qacompress.models import load_config
+
+        check_hidden_sizes(load_config(model_path), teacher.config, model_args.teacher_model_name_or_path)
     data = load_data(data_args, args, tokenizer)
     settings = DecodeSettings(
         version_2_with_negative=data_args.version_2_with_negative,
