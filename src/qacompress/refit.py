@@ -62,7 +62,7 @@ def _capture(
     found: list[dict[str, torch.Tensor]] = [{} for _ in layers]
     handles = []
 
-    def input_hook(i: int, key: str, name: str):
+    def input_hook(i: int, key: str):
         def hook(module, args):
             found[i][key] = _tokens(args[0].detach(), mask)
 
@@ -79,11 +79,11 @@ def _capture(
     try:
         for i, layer in enumerate(layers):
             for sub, (residual, projection) in SUBLAYERS.items():
-                name = getattr(layer, residual)
-                handles.append(model.get_submodule(name).register_forward_pre_hook(input_hook(i, f"{sub}_x", name)))
+                module = model.get_submodule(getattr(layer, residual))
+                handles.append(module.register_forward_pre_hook(input_hook(i, f"{sub}_x")))
                 name = getattr(layer, projection)
                 module = model.get_submodule(name)
-                handles.append(module.register_forward_pre_hook(input_hook(i, f"{sub}_a", name)))
+                handles.append(module.register_forward_pre_hook(input_hook(i, f"{sub}_a")))
                 handles.append(module.register_forward_hook(output_hook(i, f"{sub}_y", name)))
         with torch.no_grad():
             try:
