@@ -51,14 +51,12 @@ def _tokens(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])[mask.reshape(-1).bool()]
 
 
-def _capture(
-    model: nn.Module, layers: Sequence[EncoderLayer], batch: dict[str, torch.Tensor], stop: str | None = None
+def _record(
+    model: nn.Module, layers: Sequence[EncoderLayer], mask: torch.Tensor, run, stop: str | None = None
 ) -> list[dict[str, torch.Tensor]]:
-    """Per layer: residual inputs (`<sub>_x`), output-projection inputs (`<sub>_a`) and outputs
-    (`<sub>_y`) of both sublayers, one row per non-padding token. `stop` names a module after which
-    the forward pass is cut short."""
-    inputs = forward_inputs(model, batch)
-    mask = inputs["attention_mask"]
+    """Run `run()` with hooks that record, per layer: residual inputs (`<sub>_x`), output-projection
+    inputs (`<sub>_a`) and outputs (`<sub>_y`) of both sublayers, one row per non-padding token.
+    `stop` names a module after which the pass is cut short."""
     found: list[dict[str, torch.Tensor]] = [{} for _ in layers]
     handles = []
 
@@ -87,13 +85,64 @@ def _capture(
                 handles.append(module.register_forward_hook(output_hook(i, f"{sub}_y", name)))
         with torch.no_grad():
             try:
-                model(**inputs)
+                run()
             except _Stop:
                 pass
     finally:
         for handle in handles:
             handle.remove()
     return found
+
+
+def _capture(model: nn.Module, layers: Sequence[EncoderLayer], batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """`_record` over a whole forward pass of `model` on `batch`."""
+    inputs = forward_inputs(model, batch)
+    return _record(model, layers, inputs["attention_mask"], lambda: model(**inputs))
+
+
+def _layer_module(model: nn.Module, layer: EncoderLayer) -> nn.Module:
+    """The module of one encoder layer: the common parent of its first and last linear."""
+    common = []
+    for a, b in zip(layer.query.split("."), layer.ffn_out.split(".")):
+        if a != b:
+            break
+        common.append(a)
+    return model.get_submodule(".".join(common))
+
+
+@dataclass
+class _LayerCall:
+    """How the model calls its first encoder layer on one batch: the hidden states and the other
+    arguments (attention mask in the layer's own format, ...), so any layer can be re-run alone."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+    mask: torch.Tensor
+
+    def run(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        out = layer(hidden, *self.args, **self.kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def _first_layer_calls(model: nn.Module, layer: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> list[_LayerCall]:
+    calls: list[_LayerCall] = []
+    for batch in batches:
+        inputs = forward_inputs(model, batch)
+
+        def hook(module, args, kwargs):
+            calls.append(_LayerCall(args[0].detach(), args[1:], dict(kwargs), inputs["attention_mask"]))
+            raise _Stop
+
+        handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                model(**inputs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+    return calls
 
 
 def reconstruction_errors(
@@ -143,10 +192,20 @@ def refit_(
     was = original.training, pruned.training
     original.eval()
     pruned.eval()
+    # Each layer is run on its own, from the hidden states the previous (re-fitted) layer produced.
+    calls = _first_layer_calls(pruned, _layer_module(pruned, pruned_layers[0]), batches)
+    h_original = [c.hidden for c in calls]
+    h_pruned = [c.hidden for c in calls]
     steps = tqdm(total=len(pruned_layers) * len(SUBLAYERS), desc="Least-squares re-fit", disable=not progress)
     for i, layer in enumerate(pruned_layers):
-        last = getattr(layout.layers[i], "ffn_out")
-        targets = [_capture(original, layout.layers[: i + 1], b, stop=last)[i] for b in batches]
+        module_o, module_p = _layer_module(original, layout.layers[i]), _layer_module(pruned, layer)
+        targets = []
+        for b, call in enumerate(calls):
+
+            def run_original(b=b, call=call):
+                h_original[b] = call.run(module_o, h_original[b])
+
+            targets.append(_record(original, [layout.layers[i]], call.mask, run_original)[0])
         for sub, (_, projection) in SUBLAYERS.items():
             linear: nn.Linear = pruned.get_submodule(getattr(layer, projection))
             bias_only = not linear.weight.detach().any()
@@ -155,8 +214,9 @@ def refit_(
             gram = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=device)
             rhs = torch.zeros(k + 1, linear.out_features, dtype=torch.float64, device=device)
             sq_target = before = norm = 0.0
-            for batch, ref in zip(batches, targets):
-                got = _capture(pruned, pruned_layers[: i + 1], batch, stop=getattr(layer, projection))[i]
+            for b, (call, ref) in enumerate(zip(calls, targets)):
+                run = lambda b=b, call=call: call.run(module_p, h_pruned[b])  # noqa: E731
+                got = _record(pruned, [layer], call.mask, run, stop=getattr(layer, projection))[0]
                 a = got[f"{sub}_a"].double()
                 a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
                 t = (ref[f"{sub}_x"] + ref[f"{sub}_y"] - got[f"{sub}_x"]).double()
@@ -175,6 +235,8 @@ def refit_(
             norm = max(norm, 1e-30)
             errors.append(SublayerError(i, sub, before / norm, max(after, 0.0) / norm))
             steps.update()
+        with torch.no_grad():
+            h_pruned = [call.run(module_p, h) for call, h in zip(calls, h_pruned)]
     steps.close()
     original.train(was[0])
     pruned.train(was[1])
