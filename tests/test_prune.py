@@ -172,9 +172,15 @@ def test_refit_lowers_every_layers_reconstruction_error(tiny_bert_dir, calibrati
     on_fit = refit_(model, pruned, fit_batches, progress=False)
     after = reconstruction_errors(model, pruned, held_out)
     assert [(e.layer, e.sublayer) for e in before] == [(e.layer, e.sublayer) for e in after]
-    for b, a, f in zip(before, after, on_fit):
+    fitted = {(f.layer, f.sublayer): f for f in on_fit}
+    assert len(fitted) >= 3  # everything from the first pruned sublayer on
+    for b, a in zip(before, after):
+        f = fitted.get((b.layer, b.sublayer))
+        if f is None:  # left alone: nothing pruned up to here, so the layer is still exact
+            assert b.before < 1e-10 and a.before == b.before
+            continue
         assert f.after < f.before  # on the fitting data (a least-squares fit cannot do worse there)
-        assert a.before < b.before, (a, b)  # on held-out features, every sublayer of every layer
+        assert a.before < b.before, (a, b)  # on held-out features, every re-fitted sublayer
     # The first sublayer's drift is pruning alone; later ones also absorb what earlier layers left.
     assert sum(a.before for a in after) < 0.8 * sum(b.before for b in before)
 

@@ -184,8 +184,9 @@ def refit_(
     ridge: float = 1e-4,
     progress: bool = True,
 ) -> list[SublayerError]:
-    """Re-fit every output projection of `pruned` in place (layer order); returns the relative
-    reconstruction error of each sublayer on `batches` before and after."""
+    """Re-fit the output projections of `pruned` in place (layer order; sublayers before the first
+    pruned one are exact and left alone); returns the relative reconstruction error of each re-fitted
+    sublayer on `batches` before and after."""
     layout: EncoderLayout = require_layout(original)
     pruned_layers = require_layout(pruned).layers
     errors: list[SublayerError] = []
@@ -197,6 +198,7 @@ def refit_(
     h_original = [c.hidden for c in calls]
     h_pruned = [c.hidden for c in calls]
     steps = tqdm(total=len(pruned_layers) * len(SUBLAYERS), desc="Least-squares re-fit", disable=not progress)
+    changed = False
     for i, layer in enumerate(pruned_layers):
         module_o, module_p = _layer_module(original, layout.layers[i]), _layer_module(pruned, layer)
         targets = []
@@ -208,6 +210,10 @@ def refit_(
             targets.append(_record(original, [layout.layers[i]], call.mask, run_original)[0])
         for sub, (_, projection) in SUBLAYERS.items():
             linear: nn.Linear = pruned.get_submodule(getattr(layer, projection))
+            full = linear.in_features == original.get_submodule(getattr(layout.layers[i], projection)).in_features
+            if full and not changed:
+                continue  # nothing removed here or upstream: already exact (a ridge fit would only blur it)
+            changed = True
             bias_only = not linear.weight.detach().any()
             k = linear.in_features
             device = linear.weight.device
