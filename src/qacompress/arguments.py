@@ -88,6 +88,10 @@ class QACompressTrainingArguments(TrainingArguments):
     )
     distillation_weight: float = field(default=0.5, metadata={"help": "Weight w of the distillation loss, in [0, 1]"})
     distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T >= 1"})
+    hidden_distillation_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the teacher-student hidden-state MSE (layer-wise distillation; same hidden size)"},
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into a non-empty output_dir that holds no checkpoint"}
     )
@@ -103,6 +107,8 @@ class QACompressTrainingArguments(TrainingArguments):
             raise QACompressError("--compression none contradicts --nncf_compression_config; pass one of them")
         if not 0.0 <= self.distillation_weight <= 1.0:
             raise QACompressError(f"--distillation_weight must be in [0, 1], got {self.distillation_weight}")
+        if self.hidden_distillation_weight < 0:
+            raise QACompressError(f"--hidden_distillation_weight must be >= 0, got {self.hidden_distillation_weight}")
         if self.distillation_temperature < 1.0:
             raise QACompressError(f"--distillation_temperature must be >= 1, got {self.distillation_temperature}")
         if self.inference_precision not in ("f32", "bf16", "auto"):

@@ -2,6 +2,7 @@
 
     qacompress train     ...run_qa.py flags...          fine-tune with QAT / JPQD, evaluate, export
     qacompress evaluate  --model_name_or_path DIR ...   SQuAD EM/F1 of a torch or OpenVINO model dir
+    qacompress prune     --model_name_or_path DIR --train_file F --target_macs 0.6 --output_dir OUT
     qacompress export    --model_name_or_path DIR --output_dir OUT
     qacompress predict   --model_name_or_path DIR --question Q --context C | --input_file F
     qacompress benchmark --model_name_or_path DIR [DIR ...]
@@ -115,6 +116,15 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def cmd_prune(argv: list[str]) -> int:
+    from qacompress.arguments import DataTrainingArguments
+    from qacompress.prune import PruneArguments, run_prune
+
+    args, data_args = _parse((PruneArguments, DataTrainingArguments), argv, "qacompress prune")
+    _print_metrics(run_prune(args, data_args))
+    return 0
+
+
 def cmd_export(argv: list[str]) -> int:
     from qacompress.export import save_model_dir
     from qacompress.models import load_qa_model, load_tokenizer
@@ -175,6 +185,7 @@ def cmd_benchmark(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "prune": cmd_prune,
     "export": cmd_export,
     "predict": cmd_predict,
     "benchmark": cmd_benchmark,

@@ -88,18 +88,33 @@ class MovementSparsityConfig:
 
 
 @dataclass
+class StructuredPruningConfig:
+    """qacompress's own section (not NNCF's): training-free Fisher selection of heads and neurons at
+    the start of training (Kwon et al. 2022; `qacompress.prune`), then fine-tuning of the pruned model."""
+
+    criterion: str = "fisher"
+    target_macs: float | None = None
+    target_latency: float | None = None
+    num_samples: int = 256
+    label_samples: int = 1
+    refit: bool = True
+    refit_samples: int = 128
+
+
+@dataclass
 class CompressionConfig:
     """All algorithms of one config file, plus the names of keys that could not be honoured."""
 
     quantization: QuantizationConfig | None = None
     movement_sparsity: MovementSparsityConfig | None = None
+    structured_pruning: StructuredPruningConfig | None = None
     source: str = "<config>"
     warnings: list[str] = field(default_factory=list)
     raw: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
-        return self.quantization is None and self.movement_sparsity is None
+        return self.quantization is None and self.movement_sparsity is None and self.structured_pruning is None
 
 
 def load_compression_config(path: str | Path) -> CompressionConfig:
@@ -147,13 +162,22 @@ def parse_compression_config(obj: Any, *, source: str = "<config>") -> Compressi
             if config.movement_sparsity is not None:
                 raise ConfigError("movement_sparsity is given twice", file=source, key=reader.key("algorithm"))
             config.movement_sparsity = _parse_movement(reader)
+        elif algorithm == "structured_pruning":
+            if config.structured_pruning is not None:
+                raise ConfigError("structured_pruning is given twice", file=source, key=reader.key("algorithm"))
+            config.structured_pruning = _parse_structured(reader)
         else:
             raise ConfigError(
-                f"unknown algorithm {algorithm!r}; qacompress supports 'quantization' and 'movement_sparsity'",
+                f"unknown algorithm {algorithm!r}; qacompress supports 'quantization', 'movement_sparsity' "
+                "and 'structured_pruning'",
                 file=source,
                 key=reader.key("algorithm"),
             )
         reader.warn_unread()
+    if config.structured_pruning is not None and config.movement_sparsity is not None:
+        raise ConfigError(
+            "structured_pruning and movement_sparsity both choose what to prune; use one of them", file=source
+        )
     return config
 
 
@@ -355,4 +379,25 @@ def _parse_movement(reader: _Reader) -> MovementSparsityConfig:
         for i, entry in enumerate(entries)
     ]
     config.ignored_scopes = _scopes(reader, "ignored_scopes")
+    return config
+
+
+def _parse_structured(reader: _Reader) -> StructuredPruningConfig:
+    criterion = reader.get("criterion", str, "fisher")
+    if criterion != "fisher":
+        raise reader.fail("criterion", f"only 'fisher' is supported, got {criterion!r}")
+    config = StructuredPruningConfig(criterion=criterion)
+    for name in ("target_macs", "target_latency"):
+        value = reader.number(name)
+        if value is not None and not 0 < value <= 1:
+            raise reader.fail(name, f"must be in (0, 1] (the fraction kept), got {value}")
+        setattr(config, name, value)
+    if (config.target_macs is None) == (config.target_latency is None):
+        raise reader.fail("target_macs", "give exactly one of target_macs and target_latency")
+    for name in ("num_samples", "label_samples", "refit_samples"):
+        value = reader.get(name, int, getattr(config, name))
+        if value < 1:
+            raise reader.fail(name, f"must be >= 1, got {value}")
+        setattr(config, name, value)
+    config.refit = reader.get("refit", bool, True)
     return config

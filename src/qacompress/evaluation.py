@@ -124,5 +124,38 @@ def evaluate_runner(
     return predictions, metrics
 
 
+def score_model_dir(
+    model: Any,
+    output_dir: str | Path,
+    examples: Any,
+    features: Any,
+    settings: DecodeSettings,
+    *,
+    prefix: str = "eval",
+    with_ir: bool = True,
+    precision: str = "f32",
+    batch_size: int = 8,
+    pad_token_id: int = 0,
+) -> dict[str, float]:
+    """Predictions and SQuAD metrics of the torch `model` and, when `output_dir` holds one, of its
+    OpenVINO IR on the same features; writes `{prefix}_predictions.json`, `{prefix}_nbest_predictions.json`,
+    `{prefix}_results.json` (and the `{prefix}_openvino_*` twins)."""
+    from qacompress.models import is_openvino_dir
+    from qacompress.runtime import OpenVINOQAModel, TorchQAModel
+
+    runners = [(prefix, TorchQAModel(model))]
+    if with_ir and is_openvino_dir(output_dir):
+        runners.append((f"{prefix}_openvino", OpenVINOQAModel(output_dir, precision=precision)))
+    metrics: dict[str, float] = {}
+    for name, runner in runners:
+        predictions, scores = evaluate_runner(
+            runner, examples, features, settings, batch_size=batch_size, pad_token_id=pad_token_id
+        )
+        metrics.update(prefixed(scores, name))
+        write_predictions(output_dir, predictions, prefix=name)
+    atomic.write_json(Path(output_dir) / f"{prefix}_results.json", metrics)
+    return metrics
+
+
 def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}_{k}" if not k.startswith(f"{prefix}_") else k: v for k, v in metrics.items()}

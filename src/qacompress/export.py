@@ -73,27 +73,38 @@ def export_openvino(model: nn.Module, tokenizer, directory: str | Path) -> Path:
     return path
 
 
-def post_training_quantize(
-    model_dir: str | Path, output_dir: str | Path, calibration: list[dict[str, np.ndarray]], *, preset: str = "mixed"
-) -> Path:
-    """INT8 IR by post-training quantization of an exported FP32 IR: the baseline a user would pick
-    instead of QAT (`nncf.quantize` on the OpenVINO model, `ModelType.TRANSFORMER`)."""
-    import openvino as ov
-
+def quantize_ir(ov_model, calibration: list[dict[str, np.ndarray]], *, preset: str = "mixed", overflow_fix: str | None = None):
+    """An INT8 copy of an `openvino.Model` by post-training quantization (`nncf.quantize`,
+    `ModelType.TRANSFORMER`); `overflow_fix` None keeps NNCF's default."""
     from qacompress.quantization import _nncf
 
     nncf = _nncf()
-    model_dir, output_dir = Path(model_dir), Path(output_dir)
-    ov_model = ov.Core().read_model(str(model_dir / IR_FILE))
     names = [i.get_any_name() for i in ov_model.inputs]
     dataset = nncf.Dataset([{k: v for k, v in sample.items() if k in names} for sample in calibration])
-    quantized = nncf.quantize(
+    advanced = None
+    if overflow_fix is not None:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+        advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
+    return nncf.quantize(
         ov_model,
         dataset,
         preset=nncf.QuantizationPreset(preset),
         subset_size=len(calibration),
         model_type=nncf.ModelType.TRANSFORMER,
+        advanced_parameters=advanced,
     )
+
+
+def post_training_quantize(
+    model_dir: str | Path, output_dir: str | Path, calibration: list[dict[str, np.ndarray]], *, preset: str = "mixed"
+) -> Path:
+    """INT8 IR by post-training quantization of an exported FP32 IR: the baseline a user would pick
+    instead of QAT."""
+    import openvino as ov
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    quantized = quantize_ir(ov.Core().read_model(str(model_dir / IR_FILE)), calibration, preset=preset)
     from qacompress.models import load_tokenizer
 
     with staged_files(output_dir, replaces=MODEL_FILES) as staging:

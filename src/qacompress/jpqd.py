@@ -105,7 +105,7 @@ def train_jpqd(
     teacher: nn.Module | None,
 ) -> tuple[nn.Module, dict]:
     """Run both phases (resuming where a previous run stopped); returns the final model and metrics."""
-    from qacompress.train import calibration_samples, fit, resolve_resume
+    from qacompress.train import fit, resolve_resume
 
     mconfig = compression.movement_sparsity
     per_epoch, warmup_end, total = plan_steps(compression, args, len(data.train_features))
@@ -138,9 +138,79 @@ def train_jpqd(
         metrics.update(json.loads((out / PRUNED_DIR / WARMUP_RESULTS).read_text()))
     _barrier(args)
 
+    model, phase = finetune_pruned(model_path, load, tokenizer, compression, args, data, settings, teacher, warmup_end, total)
+    metrics.update(phase)
+    if "warmup_epoch" in metrics and "epoch" in phase:
+        metrics["epoch"] = metrics["warmup_epoch"] + phase["epoch"]  # of the whole run, not of phase 2
+    return model, metrics
+
+
+def train_structured(
+    model_path: str,
+    load: dict,
+    tokenizer,
+    compression: CompressionConfig,
+    args: Any,
+    data: Any,
+    settings: Any,
+    teacher: nn.Module | None,
+) -> tuple[nn.Module, dict]:
+    """A `structured_pruning` run: Fisher selection, removal and re-fit before the first step
+    (`qacompress.prune.fisher_prune`, on `num_samples` training features), then `finetune_pruned`
+    for the whole step budget. The pruned float model is kept in `output_dir/pruned`, so a resumed
+    run does not select again."""
+    from qacompress.prune import PruneConfig, feature_batches, fisher_prune
+    from qacompress.train import steps_per_epoch
+
+    sconfig = compression.structured_pruning
+    total = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(
+        steps_per_epoch(len(data.train_features), args) * args.num_train_epochs
+    )
+    out = Path(args.output_dir)
+    if not (out / PRUNED_DIR / "config.json").is_file() and args.should_save:
+        model = load_qa_model(model_path, **load)
+        count = min(sconfig.num_samples, len(data.train_features))
+        features = data.train_features.shuffle(seed=args.seed).select(range(count))
+        config = PruneConfig(
+            target_macs=sconfig.target_macs, target_latency=sconfig.target_latency, seq_length=data.max_seq_length,
+            label_samples=sconfig.label_samples, refit=sconfig.refit, refit_samples=sconfig.refit_samples,
+            quantized_latency=compression.quantization is not None, batch_size=args.per_device_eval_batch_size,
+            seed=args.seed,
+        )  # fmt: skip
+        result = fisher_prune(model, feature_batches(features, tokenizer, config.batch_size), config)
+        freeze_zeros(result.model, result.frozen)
+        kept = result.summary["kept"]
+        logger.info("after Fisher selection: %s", current_sizes(result.model))
+        save_model_dir(
+            result.model, tokenizer, out / PRUNED_DIR, export_ir=False,
+            extra_state={"frozen_masks": result.frozen, "kept": kept, "report": {"pruning": result.summary}},
+        )  # fmt: skip
+    _barrier(args)
+    return finetune_pruned(model_path, load, tokenizer, compression, args, data, settings, teacher, 0, total)
+
+
+def finetune_pruned(
+    model_path: str,
+    load: dict,
+    tokenizer,
+    compression: CompressionConfig,
+    args: Any,
+    data: Any,
+    settings: Any,
+    teacher: nn.Module | None,
+    before: int,
+    total: int,
+) -> tuple[nn.Module, dict]:
+    """The last phase of a pruning run: load the pruned float model from `output_dir/pruned`, insert
+    quantizers (when the config has them), fine-tune with distillation from step `before` to `total`
+    of the run's schedule, and write the compression report."""
+    from qacompress.train import calibration_samples, fit, resolve_resume
+
+    out = Path(args.output_dir)
+    metrics: dict[str, Any] = {}
     model = load_qa_model(str(out / PRUNED_DIR))
     state = load_compression_state(out / PRUNED_DIR) or {}
-    finetune_args = dataclasses.replace(args, output_dir=str(out / FINETUNE_DIR), max_steps=total - warmup_end)
+    finetune_args = dataclasses.replace(args, output_dir=str(out / FINETUNE_DIR), max_steps=total - before)
     resume = resolve_resume(finetune_args, out / FINETUNE_DIR)
     qconfig = compression.quantization
     if qconfig is not None:
@@ -152,19 +222,19 @@ def train_jpqd(
             samples = calibration_samples(data.train_features, qconfig.num_init_samples, args.seed)
             model = quantize_model(model, qconfig, samples, source=compression.source)
     freeze_zeros(model, state.get("frozen_masks", {}))
-    if total > warmup_end:
+    if total > before:
         trainer, phase = fit(
             model, tokenizer, finetune_args, data, settings, teacher=teacher, resume=resume,
-            schedule_steps=(warmup_end, total),
+            schedule_steps=(before, total),
         )
         trainer.save_state()
         metrics.update(phase)
-        if "warmup_epoch" in metrics and "epoch" in phase:
-            metrics["epoch"] = metrics["warmup_epoch"] + phase["epoch"]  # of the whole run, not of phase 2
         model = trainer.accelerator.unwrap_model(trainer.model)
     if args.should_save:
+        extra = state.get("report")
         compression_report(
-            lambda: load_qa_model(model_path, **load), model, tokenizer, compression, out, export_ir=args.export_openvino
+            lambda: load_qa_model(model_path, **load), model, tokenizer, compression, out,
+            export_ir=args.export_openvino, extra=extra,
         )
     return model, metrics
 

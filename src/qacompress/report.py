@@ -41,8 +41,10 @@ def compression_report(
     output_dir: str | Path,
     *,
     export_ir: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compare `model` with the model it started from; write the JSON report and the plot."""
+    """Compare `model` with the model it started from; write the JSON report (with `extra`, e.g. how
+    the structure was chosen) and the plot."""
     base = load_base()
     before, after = current_sizes(base), current_sizes(model)
     heads_total = base.config.num_attention_heads
@@ -76,6 +78,7 @@ def compression_report(
             base = quantize_model(base, config, [example_inputs(tokenizer)], source=compression.source)
         report["ir_bytes_before"], report["ir_weight_bytes_before"] = ir_size(base, tokenizer)
         report["ir_bytes_after"], report["ir_weight_bytes_after"] = ir_size(model, tokenizer)
+    report.update(extra or {})
     output_dir = Path(output_dir)
     atomic.write_json(output_dir / REPORT_JSON, report)
     plot_report(report, output_dir / REPORT_PNG)

@@ -27,7 +27,7 @@ from qacompress.config import CompressionConfig, default_compression_config, loa
 from qacompress.data import load_examples
 from qacompress.distillation import DistillationConfig, check_teacher_tokenizer, freeze_teacher
 from qacompress.errors import QACompressError
-from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, write_predictions
+from qacompress.evaluation import DecodeSettings
 from qacompress.export import save_model_dir
 from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features, prepare_train_features
 from qacompress.models import default_model_path, load_qa_model, load_tokenizer
@@ -42,6 +42,7 @@ class Data:
     eval_examples: Any = None
     eval_features: Any = None
     collator: Any = default_data_collator
+    max_seq_length: int = 384
 
 
 # ---- set-up -------------------------------------------------------------------------------------------
@@ -104,7 +105,10 @@ def check_best_metric(args: QACompressTrainingArguments, version_2_with_negative
 
 def load_data(data_args: DataTrainingArguments, args: QACompressTrainingArguments, tokenizer) -> Data:
     """Examples and features for the requested splits (prepared once, on the main process first)."""
-    data = Data(collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer))
+    data = Data(
+        collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
+        max_seq_length=data_args.max_seq_length,
+    )
     train_source = data_args.train_file or data_args.dataset_name
     eval_source = data_args.validation_file or data_args.dataset_name
     if args.do_train and not train_source:
@@ -200,7 +204,9 @@ def fit(
         processing_class=tokenizer,
         data_collator=data.collator,
         teacher=teacher,
-        distillation=DistillationConfig(args.distillation_weight, args.distillation_temperature),
+        distillation=DistillationConfig(
+            args.distillation_weight, args.distillation_temperature, args.hidden_distillation_weight
+        ),
         schedule_steps=schedule_steps,
         callbacks=callbacks,
     )
@@ -220,6 +226,11 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_path, cache_dir=model_args.cache_dir)
     compression = resolve_compression(args)
     teacher = load_teacher(model_args, tokenizer)
+    if teacher is not None and args.hidden_distillation_weight > 0:
+        from qacompress.distillation import check_hidden_sizes
+        from qacompress.models import load_config
+
+        check_hidden_sizes(load_config(model_path), teacher.config, model_args.teacher_model_name_or_path)
     data = load_data(data_args, args, tokenizer)
     settings = DecodeSettings(
         version_2_with_negative=data_args.version_2_with_negative,
@@ -239,6 +250,12 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
             from qacompress.jpqd import train_jpqd
 
             model, train_metrics = train_jpqd(model_path, load, tokenizer, compression, args, data, settings, teacher)
+        elif compression is not None and compression.structured_pruning is not None:
+            from qacompress.jpqd import train_structured
+
+            model, train_metrics = train_structured(
+                model_path, load, tokenizer, compression, args, data, settings, teacher
+            )
         else:
             model, train_metrics = train_single_phase(model_path, load, tokenizer, compression, args, data, settings, teacher)
         train_metrics["train_samples"] = len(data.train_features)
@@ -311,22 +328,11 @@ def resolve_resume(args: QACompressTrainingArguments, directory: Path) -> str | 
 
 
 def score_split(model, tokenizer, args: QACompressTrainingArguments, examples, features, settings, prefix: str) -> dict:
-    """Predictions and SQuAD metrics of the torch model and, when exported, of its OpenVINO IR on the
-    same features; writes `{prefix}_predictions.json`, `{prefix}_nbest_predictions.json`,
-    `{prefix}_results.json` (and the `{prefix}_openvino_*` twins)."""
-    from qacompress.models import is_openvino_dir
-    from qacompress.runtime import OpenVINOQAModel, TorchQAModel
+    """SQuAD metrics of the torch model and its exported IR (`evaluation.score_model_dir`)."""
+    from qacompress.evaluation import score_model_dir
 
-    runners = [(prefix, TorchQAModel(model))]
-    if args.export_openvino and is_openvino_dir(args.output_dir):
-        runners.append((f"{prefix}_openvino", OpenVINOQAModel(args.output_dir, precision=args.inference_precision)))
-    metrics: dict[str, Any] = {}
-    for name, runner in runners:
-        predictions, scores = evaluate_runner(
-            runner, examples, features, settings,
-            batch_size=args.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id or 0,
-        )  # fmt: skip
-        metrics.update(prefixed(scores, name))
-        write_predictions(args.output_dir, predictions, prefix=name)
-    atomic.write_json(Path(args.output_dir) / f"{prefix}_results.json", metrics)
-    return metrics
+    return score_model_dir(
+        model, args.output_dir, examples, features, settings, prefix=prefix, with_ir=args.export_openvino,
+        precision=args.inference_precision, batch_size=args.per_device_eval_batch_size,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )  # fmt: skip

@@ -1,7 +1,7 @@
 """`transformers.Trainer`, extended only through its public hooks, for compressed QA training.
 
-- `compute_loss`: task loss, plus distillation from a frozen teacher, plus movement pruning's
-  regulariser (added once);
+- `compute_loss`: task loss, plus distillation from a frozen teacher (logits, and optionally hidden
+  states), plus movement pruning's regulariser (added once);
 - `log`: the loss parts, the importance threshold and sparsity per layer role at every logging step
   (so they reach the console, `trainer_state.json` and TensorBoard);
 - `evaluate`: SQuAD EM/F1 (v2 fields too) at every evaluation during training, by the same code and on
@@ -34,7 +34,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import speed_metrics
 
 from qacompress.checkpoint import load_compression_state, load_compression_tensors, save_compressed
-from qacompress.distillation import DistillationConfig, distillation_loss
+from qacompress.distillation import DistillationConfig, distillation_loss, hidden_distillation_loss
 from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed
 from qacompress.movement import ATTR, MovementPruner
 from qacompress.runtime import TorchQAModel
@@ -76,13 +76,16 @@ class QACompressTrainer(Trainer):
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ):
-        outputs = model(**inputs)
+        layerwise = self.teacher is not None and model.training and self.distillation.hidden_weight > 0
+        outputs = model(**inputs, output_hidden_states=True) if layerwise else model(**inputs)
         task = outputs.loss.mean()  # DataParallel returns one loss per replica
         loss = task
         parts = {"task_loss": task.detach()}
         if self.teacher is not None and model.training:
             with torch.no_grad():
-                teacher_out = self.teacher(**{k: v for k, v in inputs.items() if k not in LABELS})
+                teacher_out = self.teacher(
+                    **{k: v for k, v in inputs.items() if k not in LABELS}, output_hidden_states=layerwise
+                )
             distill = distillation_loss(
                 (outputs.start_logits, outputs.end_logits),
                 (teacher_out.start_logits, teacher_out.end_logits),
@@ -92,6 +95,12 @@ class QACompressTrainer(Trainer):
             w = self.distillation.weight
             loss = (1.0 - w) * task + w * distill
             parts["distillation_loss"] = distill.detach()
+            if layerwise:
+                hidden = hidden_distillation_loss(
+                    outputs.hidden_states, teacher_out.hidden_states, inputs.get("attention_mask")
+                )
+                loss = loss + self.distillation.hidden_weight * hidden
+                parts["hidden_distillation_loss"] = hidden.detach()
         pruner = self.pruner
         if pruner is not None and model.training:
             compression = pruner.regularization()
