@@ -75,44 +75,19 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_evaluate(argv: list[str]) -> int:
     from qacompress.arguments import DataTrainingArguments
-    from qacompress.data import load_examples
-    from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed, write_predictions
-    from qacompress.features import prepare_eval_features
-    from qacompress.models import load_tokenizer
-    from qacompress import atomic
-    from qacompress.runtime import load_runner
+    from qacompress.evaluation import DecodeSettings, evaluate, prefixed
 
     ref, data_args = _parse((ModelRef, DataTrainingArguments), argv, "qacompress evaluate")
     model_dir = _require_model(ref)
     source = data_args.validation_file or data_args.dataset_name
     if not source:
         raise QACompressError("evaluate needs --validation_file FILE or --dataset_name NAME")
-    tokenizer = load_tokenizer(model_dir)
-    runner = load_runner(model_dir, backend=ref.backend, precision=ref.inference_precision)
-    examples = load_examples(
-        source,
-        split="validation",
-        dataset_config_name=data_args.dataset_config_name,
-        version_2_with_negative=data_args.version_2_with_negative,
-        max_samples=data_args.max_eval_samples,
-    )
-    features = prepare_eval_features(
-        examples, tokenizer, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
-        pad_to_max_length=False,
-    )
-    settings = DecodeSettings(
-        data_args.version_2_with_negative, data_args.n_best_size, data_args.max_answer_length,
-        data_args.null_score_diff_threshold,
-    )
-    predictions, metrics = evaluate_runner(
-        runner, examples, features, settings, batch_size=ref.batch_size, pad_token_id=tokenizer.pad_token_id or 0
-    )
-    metrics = prefixed(metrics, "eval")
-    metrics["eval_backend"] = type(runner).__name__
-    if ref.output_dir:
-        write_predictions(ref.output_dir, predictions)
-        atomic.write_json(Path(ref.output_dir) / "eval_results.json", metrics)
-    _print_metrics(metrics)
+    metrics = evaluate(
+        model_dir, source, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
+        settings=DecodeSettings.from_args(data_args), backend=ref.backend, precision=ref.inference_precision,
+        batch_size=ref.batch_size, max_samples=data_args.max_eval_samples, output_dir=ref.output_dir,
+    )  # fmt: skip
+    _print_metrics(prefixed(metrics, "eval"))
     return 0
 
 
@@ -149,10 +124,7 @@ def cmd_predict(argv: list[str]) -> int:
     model_dir = _require_model(ref)
     if bool(pred.input_file) == bool(pred.question or pred.context):
         raise QACompressError("predict needs either --question Q --context C, or --input_file FILE")
-    settings = DecodeSettings(
-        data_args.version_2_with_negative, data_args.n_best_size, data_args.max_answer_length,
-        data_args.null_score_diff_threshold,
-    )
+    settings = DecodeSettings.from_args(data_args)
     predictor = QAPredictor(
         model_dir, backend=ref.backend, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
         settings=settings, batch_size=ref.batch_size, precision=ref.inference_precision,

@@ -31,6 +31,16 @@ class DecodeSettings:
     max_answer_length: int = 30
     null_score_diff_threshold: float = 0.0
 
+    @classmethod
+    def from_args(cls, data_args: Any) -> DecodeSettings:
+        """The settings a command's `DataTrainingArguments` ask for."""
+        return cls(
+            version_2_with_negative=data_args.version_2_with_negative,
+            n_best_size=data_args.n_best_size,
+            max_answer_length=data_args.max_answer_length,
+            null_score_diff_threshold=data_args.null_score_diff_threshold,
+        )
+
 
 def run_features(
     runner: QARunner, features: Any, *, batch_size: int = 8, pad_token_id: int = 0, progress: bool = True
@@ -154,6 +164,61 @@ def score_model_dir(
         metrics.update(prefixed(scores, name))
         write_predictions(output_dir, predictions, prefix=name)
     atomic.write_json(Path(output_dir) / f"{prefix}_results.json", metrics)
+    return metrics
+
+
+def evaluate(
+    model: str | Path | Any,
+    data: str | Path | Any,
+    *,
+    tokenizer: Any = None,
+    max_seq_length: int = 384,
+    doc_stride: int = 128,
+    settings: DecodeSettings | None = None,
+    backend: str = "auto",
+    precision: str = "f32",
+    batch_size: int = 8,
+    max_samples: int | None = None,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """SQuAD scores (`exact_match`, `f1`, and the v2 fields) of a model on SQuAD-style data.
+
+    `model` is a model directory (its OpenVINO IR when it has one, unless `backend="torch"`) or a torch
+    QA model in memory (then pass its `tokenizer`); `data` is a file (json/jsonl/csv), a `datasets`
+    Hub name, or examples as `qacompress.data.load_examples` returns them. With `output_dir`, the
+    predictions and `eval_results.json` are written there, as `qacompress evaluate` does.
+    """
+    import datasets
+
+    from qacompress.data import load_examples
+    from qacompress.errors import ModelError
+    from qacompress.features import prepare_eval_features
+    from qacompress.models import load_tokenizer
+    from qacompress.runtime import TorchQAModel, load_runner
+
+    settings = settings or DecodeSettings()
+    if isinstance(model, (str, Path)):
+        tokenizer = tokenizer or load_tokenizer(str(model))
+        runner: QARunner = load_runner(str(model), backend=backend, precision=precision)
+    elif tokenizer is None:
+        raise ModelError("evaluate(model, ...) with a model in memory needs its tokenizer=")
+    else:
+        runner = TorchQAModel(model)
+    if isinstance(data, datasets.Dataset):
+        examples = data.select(range(min(max_samples, len(data)))) if max_samples else data
+    else:
+        examples = load_examples(str(data), split="validation", max_samples=max_samples,
+                                 version_2_with_negative=settings.version_2_with_negative)  # fmt: skip
+    features = prepare_eval_features(examples, tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride)
+    predictions, metrics = evaluate_runner(
+        runner, examples, features, settings, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id or 0,
+        progress=progress,
+    )  # fmt: skip
+    metrics["backend"] = type(runner).__name__
+    if output_dir is not None:
+        write_predictions(output_dir, predictions)
+        atomic.write_json(Path(output_dir) / "eval_results.json", prefixed(metrics, "eval"))
     return metrics
 
 

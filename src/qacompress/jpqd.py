@@ -29,15 +29,14 @@ import torch
 from torch import nn
 
 from qacompress import atomic
-from qacompress.architecture import require_layout
 from qacompress.checkpoint import apply_compression_state, load_compression_state
 from qacompress.config import CompressionConfig
 from qacompress.errors import ConfigError
 from qacompress.export import save_model_dir
 from qacompress.models import load_qa_model
-from qacompress.movement import MovementPruner, attach_movement_pruning, detach_movement_pruning
+from qacompress.movement import MovementPruner, attach_movement_pruning
 from qacompress.report import compression_report
-from qacompress.structured import current_sizes, prune_
+from qacompress.structured import current_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -243,14 +242,7 @@ def save_pruned(
     model: nn.Module, pruner: MovementPruner, structured: bool, tokenizer, directory: Path
 ) -> None:
     """Resolve the warm-up's masks, cut out removed heads/neurons, and save the float model."""
-    layout = require_layout(model)
-    pruner.set_step(pruner.warmup_bounds()[1])  # the final threshold, whatever step training stopped at
-    keep, frozen = pruner.resolve_structure(model, layout)
-    if not structured:
-        frozen = pruner.parameter_masks(list(pruner.targets))
-    detach_movement_pruning(model)
-    if structured:
-        frozen.update(prune_(model, keep))
+    keep, frozen = pruner.convert(model, structured=structured)
     freeze_zeros(model, frozen)
     kept = [{"heads": k.heads, "neurons": k.neurons} for k in keep]
     logger.info("after pruning warm-up: %s", current_sizes(model))

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qacompress.architecture import EncoderLayout, find_layout
+from qacompress.architecture import EncoderLayout, find_layout, require_layout
 from qacompress.config import MovementSparsityConfig, SparseStructure
 from qacompress.errors import ConfigError
 from qacompress.scopes import matches, matches_any, module_scopes
-from qacompress.structured import LayerKeep
+from qacompress.structured import LayerKeep, prune_
 
 #: Name of the submodule that holds the scores inside the model (so DDP and the optimizer see them).
 ATTR = "qacompress_movement"
@@ -180,6 +180,22 @@ class MovementPruner(nn.Module):
         self.step = state["step"]
 
     # ---- structure ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def convert(self, model: nn.Module, *, structured: bool = True) -> tuple[list[LayerKeep], dict[str, torch.Tensor]]:
+        """End movement pruning on `model`: masks at the final threshold become whole heads and neurons
+        (`resolve_structure`), the scores leave the model, and with `structured` the removed units are
+        cut out (`qacompress.structured.prune_`). Returns what each layer kept and the parameter masks
+        to keep at zero if training goes on (`jpqd.freeze_zeros`): the fine-grained masks without
+        `structured`, else those of linears outside heads/FFN and of emptied layers' stand-in units."""
+        self.threshold, self.regularization_factor = self.config.final_importance_threshold, 0.0
+        keep, frozen = self.resolve_structure(model, require_layout(model))
+        if not structured:
+            frozen = self.parameter_masks(list(self.targets))
+        detach_movement_pruning(model)
+        if structured:
+            frozen.update(prune_(model, keep))
+        return keep, frozen
+
     @torch.no_grad()
     def resolve_structure(
         self, model: nn.Module, layout: EncoderLayout

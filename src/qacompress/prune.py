@@ -254,8 +254,7 @@ def run_prune(args: PruneArguments, data_args: Any) -> dict[str, Any]:
             eval_examples, tokenizer, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
             pad_to_max_length=False,
         )  # fmt: skip
-        settings = DecodeSettings(data_args.version_2_with_negative, data_args.n_best_size,
-                                  data_args.max_answer_length, data_args.null_score_diff_threshold)  # fmt: skip
+        settings = DecodeSettings.from_args(data_args)
         metrics.update(score_model_dir(
             pruned, out, eval_examples, eval_features, settings, precision=args.inference_precision,
             batch_size=args.batch_size, pad_token_id=tokenizer.pad_token_id or 0,

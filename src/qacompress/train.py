@@ -232,12 +232,7 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
 
         check_hidden_sizes(load_config(model_path), teacher.config, model_args.teacher_model_name_or_path)
     data = load_data(data_args, args, tokenizer)
-    settings = DecodeSettings(
-        version_2_with_negative=data_args.version_2_with_negative,
-        n_best_size=data_args.n_best_size,
-        max_answer_length=data_args.max_answer_length,
-        null_score_diff_threshold=data_args.null_score_diff_threshold,
-    )
+    settings = DecodeSettings.from_args(data_args)
     load = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision)
     if model_args.config_name:
         from qacompress.models import load_config
