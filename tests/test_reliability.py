@@ -178,20 +178,33 @@ def _slow_tokenizer_dir(tmp_path: Path, tiny_bert_dir: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["missing path", "not a QA architecture", "no fast tokenizer"])
+def _text_dropping_tokenizer_dir(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    from conftest import text_dropping_tokenizer
+
+    path = text_dropping_tokenizer(tmp_path / "roberta-tokenizer")
+    for name in ("config.json", "model.safetensors"):
+        (path / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing path", "not a QA architecture", "no fast tokenizer", "tokenizer drops the text"])
 def test_bad_models_are_refused(case, tmp_path, tiny_bert_dir, squad_dir, capsys) -> None:
     model = {
         "missing path": lambda: tmp_path / "no" / "such" / "model",
         "not a QA architecture": lambda: _vit_dir(tmp_path, tiny_bert_dir),
         "no fast tokenizer": lambda: _slow_tokenizer_dir(tmp_path, tiny_bert_dir),
+        "tokenizer drops the text": lambda: _text_dropping_tokenizer_dir(tmp_path, tiny_bert_dir),
     }[case]()
     code = main(["train", "--model_name_or_path", str(model), "--train_file", str(squad_dir / "v1.1" / "train.json"),
                  "--do_train", "--max_train_samples", "8", "--output_dir", str(tmp_path / "out")])  # fmt: skip
     assert code == 2
     line = _one_line_error(capsys)
-    expected = {"missing path": "no such model directory", "not a QA architecture": "question-answering",
-                "no fast tokenizer": "fast"}[case]  # fmt: skip
-    assert expected in line, line
+    first_id = load_examples(str(squad_dir / "v1.1" / "train.json"), max_samples=1)[0]["id"]
+    expected = {"missing path": ["no such model directory"], "not a QA architecture": ["question-answering"],
+                "no fast tokenizer": ["fast"],
+                "tokenizer drops the text": [str(model), "RobertaTokenizer", repr(first_id), "no context token"]}[case]  # fmt: skip
+    for words in expected:
+        assert words in line, line
 
 
 def test_debug_shows_the_traceback(tmp_path) -> None:
