@@ -318,6 +318,8 @@ def score_split(model, tokenizer, args: QACompressTrainingArguments, examples, f
             batch_size=args.per_device_eval_batch_size, pad_token_id=tokenizer.pad_token_id or 0,
         )  # fmt: skip
         metrics.update(prefixed(scores, name))
+        if isinstance(runner, OpenVINOQAModel):
+            metrics[f"{name}_precision"] = runner.precision  # what --inference_precision became on this CPU
         write_predictions(args.output_dir, predictions, prefix=name)
     atomic.write_json(Path(args.output_dir) / f"{prefix}_results.json", metrics)
     return metrics
