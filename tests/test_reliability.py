@@ -457,12 +457,12 @@ def test_committed_staging_is_finished_and_uncommitted_is_discarded(tmp_path) ->
 @pytest.fixture(scope="module")
 def no_dropout_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     """The tiny BERT without dropout: with it, two processes draw other dropout masks than one does."""
-    from qacompress.models import load_qa_model, load_tokenizer
+    from transformers import AutoTokenizer, BertForQuestionAnswering
 
     path = tmp_path_factory.mktemp("no-dropout")
-    model = load_qa_model(str(tiny_bert_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForQuestionAnswering.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model.save_pretrained(path)
-    load_tokenizer(str(tiny_bert_dir)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
     return path
 
 
