@@ -93,3 +93,17 @@ def squad_doc(*paragraphs: tuple[str, list[dict]], title: str = "T") -> dict:
         "version": "test",
         "data": [{"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs]}],
     }
+
+
+def text_dropping_tokenizer(path: Path) -> Path:
+    """A RoBERTa tokenizer built from vocab.json/merges.txt files as transformers 5 does it, saved to
+    `path`: its encodings keep the special tokens and drop every character of the text (no token is
+    marked as question or context)."""
+    from transformers import RobertaTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *"abcdefghijklmnopqrstuvwxyzĠ.,?"])}
+    write_json(path / "vocab.json", vocab)
+    (path / "merges.txt").write_text("#version: 0.2\nĠ t\n", encoding="utf-8")
+    RobertaTokenizer(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt")).save_pretrained(path)
+    return path

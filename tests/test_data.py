@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
 from pathlib import Path
 
 import datasets
@@ -165,9 +164,7 @@ def test_gold_answers(layouts):
 
 
 def test_real_v11_train(squad_dir):
-    started = time.perf_counter()
-    dataset = load_examples(str(squad_dir / "v1.1" / "train.json"))
-    assert time.perf_counter() - started < 3.0  # parse + validate + Arrow; validation itself is ~0.1 s
+    dataset = load_examples(str(squad_dir / "v1.1" / "train.json"))  # its load time: benchmarks/load_time.py
     assert len(dataset) == 3807
     assert dataset[0]["title"] == "University_of_Notre_Dame"
 

@@ -15,7 +15,12 @@ import torch
 
 from qacompress.extensions import TORCH_LOCK, environment_build_root
 
-BUILD = "from qacompress.extensions import ensure_quantizer_extension as e; print('compiled', e())"
+# qacompress's INFO lines ("building ...", "waiting for another process ...") go to stderr.
+BUILD = (
+    "import logging; log = logging.getLogger('qacompress'); log.setLevel(logging.INFO); "
+    "log.addHandler(logging.StreamHandler()); "
+    "from qacompress.extensions import ensure_quantizer_extension as e; print('compiled', e())"
+)
 
 
 def clean_env(cache: Path, **extra: str) -> dict[str, str]:
@@ -46,7 +51,7 @@ def test_a_build_killed_midway_does_not_block_the_next_run(tmp_path):
     lock = build_dir_under(Path(probe.stdout.strip())) / TORCH_LOCK
     first = subprocess.Popen([sys.executable, "-c", BUILD], env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a bound on waiting, not a speed check: start-up is slow on a loaded machine
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert lock.exists(), "the build never started"
@@ -59,11 +64,12 @@ def test_a_build_killed_midway_does_not_block_the_next_run(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "compiled True" in second.stdout  # the C++ kernels, not NNCF's slower fallback
     assert "interrupted build" in second.stderr and not lock.exists()
-    # A third run finds the build finished and neither rebuilds nor waits.
-    start = time.monotonic()
-    third = subprocess.run([sys.executable, "-c", BUILD], env=env, capture_output=True, text=True, timeout=300)
-    assert "compiled True" in third.stdout and "building" not in third.stderr
-    assert time.monotonic() - start < 120
+    assert "building NNCF's CPU quantizer extension" in second.stderr  # the INFO lines do show
+    # A third run finds the build finished and neither rebuilds nor waits (said by its log lines, not
+    # timed: on a loaded 2-core machine even a plain start-up can take minutes).
+    third = subprocess.run([sys.executable, "-c", BUILD], env=env, capture_output=True, text=True, timeout=600)
+    assert "compiled True" in third.stdout
+    assert "building" not in third.stderr and "waiting" not in third.stderr, third.stderr[-2000:]
 
 
 def test_a_lock_in_the_users_own_folder_is_reported_in_one_line(tmp_path):

@@ -219,6 +219,21 @@ def test_question_without_room_for_context(tokenizer):
     assert "leaves 0 context tokens" in str(caught.value)
 
 
+@pytest.mark.parametrize("prepare", [prepare_train_features, prepare_eval_features])
+def test_tokenizer_that_drops_the_text_is_named(prepare, tmp_path):
+    from transformers import AutoTokenizer
+
+    from conftest import text_dropping_tokenizer
+
+    broken = AutoTokenizer.from_pretrained(text_dropping_tokenizer(tmp_path / "roberta"))
+    with pytest.raises(ModelError) as caught:  # not an IndexError deep in the label search
+        prepare(examples(example("first"), example("second")), broken, max_seq_length=64, doc_stride=16,
+                load_from_cache_file=False)  # fmt: skip
+    message = str(caught.value)
+    assert str(tmp_path / "roberta") in message and "RobertaTokenizer" in message
+    assert "'first'" in message and "no context token" in message and "\n" not in message
+
+
 # -------------------------------------------------------------------------------- real SQuAD data
 
 

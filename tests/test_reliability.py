@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,20 +179,33 @@ def _slow_tokenizer_dir(tmp_path: Path, tiny_bert_dir: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["missing path", "not a QA architecture", "no fast tokenizer"])
+def _text_dropping_tokenizer_dir(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    from conftest import text_dropping_tokenizer
+
+    path = text_dropping_tokenizer(tmp_path / "roberta-tokenizer")
+    for name in ("config.json", "model.safetensors"):
+        (path / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing path", "not a QA architecture", "no fast tokenizer", "tokenizer drops the text"])
 def test_bad_models_are_refused(case, tmp_path, tiny_bert_dir, squad_dir, capsys) -> None:
     model = {
         "missing path": lambda: tmp_path / "no" / "such" / "model",
         "not a QA architecture": lambda: _vit_dir(tmp_path, tiny_bert_dir),
         "no fast tokenizer": lambda: _slow_tokenizer_dir(tmp_path, tiny_bert_dir),
+        "tokenizer drops the text": lambda: _text_dropping_tokenizer_dir(tmp_path, tiny_bert_dir),
     }[case]()
     code = main(["train", "--model_name_or_path", str(model), "--train_file", str(squad_dir / "v1.1" / "train.json"),
                  "--do_train", "--max_train_samples", "8", "--output_dir", str(tmp_path / "out")])  # fmt: skip
     assert code == 2
     line = _one_line_error(capsys)
-    expected = {"missing path": "no such model directory", "not a QA architecture": "question-answering",
-                "no fast tokenizer": "fast"}[case]  # fmt: skip
-    assert expected in line, line
+    first_id = load_examples(str(squad_dir / "v1.1" / "train.json"), max_samples=1)[0]["id"]
+    expected = {"missing path": ["no such model directory"], "not a QA architecture": ["question-answering"],
+                "no fast tokenizer": ["fast"],
+                "tokenizer drops the text": [str(model), "RobertaTokenizer", repr(first_id), "no context token"]}[case]  # fmt: skip
+    for words in expected:
+        assert words in line, line
 
 
 def test_debug_shows_the_traceback(tmp_path) -> None:
@@ -288,25 +302,100 @@ def _results(out: Path) -> dict:
     return json.loads((out / "eval_results.json").read_text())
 
 
+def _scores(out: Path) -> dict:
+    """eval_results.json without the timings."""
+    return {k: v for k, v in _results(out).items() if "runtime" not in k and "per_second" not in k}
+
+
+def _step_losses(out: Path) -> list[tuple[int, float, float]]:
+    """(step, loss, grad norm) of every logged step, warm-up then fine-tuning for JPQD."""
+    logged = []
+    for state in (out / "trainer_state.json", out / "finetune" / "trainer_state.json"):
+        if state.is_file():
+            history = json.loads(state.read_text())["log_history"]
+            logged += [(e["step"], e["loss"], e["grad_norm"]) for e in history if "loss" in e]
+    return logged
+
+
+def _final_tensors(out: Path) -> dict[str, torch.Tensor]:
+    """The saved model's weights and compression tensors (quantizer scales, ranges)."""
+    from safetensors.torch import load_file
+
+    from qacompress.checkpoint import load_compression_state
+
+    tensors = load_file(str(out / "model.safetensors"))
+    state = load_compression_state(out)
+    tensors.update({f"compression/{k}": v for k, v in (state or {}).get("tensors", {}).items()})
+    return tensors
+
+
+def _assert_same_training(a: Path, b: Path) -> None:
+    """Same seed, same data, same code on one machine: bit-identical (measured for same-seed QAT and
+    JPQD runs, and for a QAT run killed and resumed: the checkpoint restores weights, quantizers,
+    optimizer, scheduler, RNG states and the data order)."""
+    assert _step_losses(a) == _step_losses(b)
+    first, second = _final_tensors(a), _final_tensors(b)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert _scores(a) == _scores(b)
+
+
+def _assert_close_training(a: Path, b: Path) -> None:
+    """A JPQD run resumed in its fine-tuning phase was measured not bit-identical: the first step after
+    the resume matched, later step losses differed by up to 1.1e-4 (relative 5e-5) and weights by
+    0.002, with the same F1. Likely cause: `nncf.quantize`'s copy of the pruned model dropped the
+    frozen zeros' gradient hooks in the uninterrupted run, while the resumed run (quantizers restored
+    in place) kept them. Bounds: 10x the measured differences."""
+    la, lb = _step_losses(a), _step_losses(b)
+    assert [s for s, _, _ in la] == [s for s, _, _ in lb]
+    for (step, loss_a, _), (_, loss_b, _) in zip(la, lb):
+        assert loss_b == pytest.approx(loss_a, rel=1e-3), step
+    first, second = _final_tensors(a), _final_tensors(b)
+    assert first.keys() == second.keys()
+    assert max(float((first[k].float() - second[k].float()).abs().max()) for k in first) < 0.02
+    for key in ("eval_f1", "eval_openvino_f1"):
+        assert abs(_scores(a)[key] - _scores(b)[key]) <= 100 / 24 + 1e-9, key  # one question of 24
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert_dir, squad_dir):
+    """`kind` -> output of a run that was not interrupted (shared by the resume tests of one kind)."""
+    runs: dict[str, Path] = {}
+
+    def run(kind: str) -> Path:
+        if kind not in runs:
+            root = tmp_path_factory.mktemp(f"whole-{kind}")
+            extra = ["--max_steps", "30", "--logging_steps", "1"] + _jpqd_flags(kind, root, tiny_bert_dir)
+            done = subprocess.run(_train_cmd(tiny_bert_dir, squad_dir, root / "whole", *extra), capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-2000:]
+            runs[kind] = root / "whole"
+        return runs[kind]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, checkpoint",
     [("qat", "checkpoint-10"), ("jpqd", "checkpoint-10"), ("jpqd", "finetune/checkpoint-10")],
     ids=["qat", "jpqd-warmup", "jpqd-finetune"],
 )
-def test_killed_run_resumes_and_matches(kind, checkpoint, tmp_path, tiny_bert_dir, squad_dir) -> None:
+def test_killed_run_resumes_and_matches(kind, checkpoint, uninterrupted, tmp_path, tiny_bert_dir, squad_dir) -> None:
     # JPQD: warm-up to step 12 (checkpoint-10 is inside it), QAT fine-tuning in finetune/ to step 30.
-    extra = ["--max_steps", "30"] + _jpqd_flags(kind, tmp_path, tiny_bert_dir)
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert subprocess.run(_train_cmd(tiny_bert_dir, squad_dir, whole, *extra), capture_output=True).returncode == 0
+    extra = ["--max_steps", "30", "--logging_steps", "1"] + _jpqd_flags(kind, tmp_path, tiny_bert_dir)
+    whole, broken = uninterrupted(kind), tmp_path / "broken"
     _kill_after(_train_cmd(tiny_bert_dir, squad_dir, broken, *extra),
                 lambda: (broken / checkpoint / "trainer_state.json").is_file())  # fmt: skip
     assert not (broken / "eval_results.json").exists()
+    # A newer checkpoint whose save never finished (no trainer_state.json) is passed over.
+    incomplete = broken / checkpoint.replace("-10", "-35")  # beyond max_steps: nothing saves there
+    incomplete.mkdir()
+    (incomplete / "config.json").write_text("{}")
     again = subprocess.run(_train_cmd(tiny_bert_dir, squad_dir, broken, *extra), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming from" in again.stderr and checkpoint in again.stderr
-    assert abs(_results(whole)["eval_f1"] - _results(broken)["eval_f1"]) <= 0.5
-    assert abs(_results(whole)["eval_openvino_f1"] - _results(broken)["eval_openvino_f1"]) <= 0.5
+    assert "resuming from" in again.stderr and str(broken / checkpoint) in again.stderr
+    (_assert_same_training if kind == "qat" else _assert_close_training)(whole, broken)
     if kind == "jpqd":  # the warm-up's figures survive a resume in the second phase
         first, second = (json.loads((d / "all_results.json").read_text()) for d in (whole, broken))
         assert second["warmup_train_runtime"] > 0 and second["epoch"] == first["epoch"] > second["warmup_epoch"]
@@ -365,33 +454,62 @@ def test_committed_staging_is_finished_and_uncommitted_is_discarded(tmp_path) ->
 # --- several processes, determinism ----------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def no_dropout_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """The tiny BERT without dropout: with it, two processes draw other dropout masks than one does."""
+    from transformers import AutoTokenizer, BertForQuestionAnswering
+
+    path = tmp_path_factory.mktemp("no-dropout")
+    model = BertForQuestionAnswering.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["qat", "jpqd"])
-def test_torchrun_two_processes(kind, tmp_path, tiny_bert_dir, squad_dir) -> None:
-    extra = ["--max_steps", "20"] + _jpqd_flags(kind, tmp_path, tiny_bert_dir)
+def test_torchrun_two_processes(kind, tmp_path, no_dropout_dir, squad_dir) -> None:
+    extra = ["--max_steps", "20", "--logging_steps", "1"] + _jpqd_flags(kind, tmp_path, no_dropout_dir)
     single, double = tmp_path / "one", tmp_path / "two"
-    one = _train_cmd(tiny_bert_dir, squad_dir, single, *extra, "--per_device_train_batch_size", "8")
+    one = _train_cmd(no_dropout_dir, squad_dir, single, *extra, "--per_device_train_batch_size", "8")
     assert subprocess.run(one, capture_output=True).returncode == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(REPO / "examples" / "run_qa.py")]
-    two = torchrun + _train_cmd(tiny_bert_dir, squad_dir, double, *extra, "--per_device_train_batch_size", "4")[4:]
+    two = torchrun + _train_cmd(no_dropout_dir, squad_dir, double, *extra, "--per_device_train_batch_size", "4")[4:]
     done = subprocess.run(two, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("saved model to") == (2 if kind == "jpqd" else 1)  # rank 0 only (+ pruned/ for JPQD)
-    a, b = _results(single), _results(double)
-    # Same global batch (8 = 2 x 4) and steps; the data order differs between samplers, so "within noise".
-    assert abs(a["eval_f1"] - b["eval_f1"]) <= 5.0
     state = json.loads((double / "trainer_state.json").read_text())
     assert state["global_step"] == (12 if kind == "jpqd" else 20)  # JPQD: the warm-up phase's state
     if kind == "jpqd":
         assert json.loads((double / "finetune" / "trainer_state.json").read_text())["global_step"] == 8
+    # Each step's global batch is the same 8 features (the 2 x 4 shards of the same sampler order), so
+    # the first step, before any update, has the same loss up to float summation order. After it, the
+    # all-reduce sums gradients in another order; the differences (1e-7 at first) grow where INT8
+    # rounding flips. Measured after 20 steps: at most 0.14% (QAT) and 0.013% (JPQD, same heads and
+    # neurons kept) in a step loss, 0.005 and 0.003 in a weight; the bounds below leave 7-10x room.
+    a, b = _step_losses(single), _step_losses(double)
+    assert [s for s, _, _ in a] == [s for s, _, _ in b] and len(a) == 20
+    assert b[0][1] == pytest.approx(a[0][1], rel=1e-6)
+    for (step, loss_a, _), (_, loss_b, _) in zip(a, b):
+        assert loss_b == pytest.approx(loss_a, rel=1e-2), step
+    first, second = _final_tensors(single), _final_tensors(double)
+    assert first.keys() == second.keys()
+    assert max(float((first[k].float() - second[k].float()).abs().max()) for k in first) < 0.05
+    # F1 on 24 questions: within one question's worth.
+    assert abs(_results(single)["eval_f1"] - _results(double)["eval_f1"]) <= 100 / 24 + 1e-9
 
 
 def test_same_seed_same_metrics(tmp_path, tiny_bert_dir, squad_dir) -> None:
-    runs = []
+    outs = []
     for name in ("first", "second"):
         out = tmp_path / name
-        cmd = _train_cmd(tiny_bert_dir, squad_dir, out, "--max_steps", "8", "--no_export_openvino")[3:]
+        cmd = _train_cmd(tiny_bert_dir, squad_dir, out, "--max_steps", "8", "--logging_steps", "1", "--no_export_openvino")[3:]
         assert main(cmd) == 0
-        runs.append({k: v for k, v in _results(out).items() if "runtime" not in k})
-        runs[-1]["train_loss"] = json.loads((out / "train_results.json").read_text())["train_loss"]
-    assert runs[0] == runs[1]
+        outs.append(out)
+    assert _scores(outs[0]) == _scores(outs[1])
+    train_losses = [json.loads((out / "train_results.json").read_text())["train_loss"] for out in outs]
+    assert train_losses[0] == train_losses[1]
+    assert len(_step_losses(outs[0])) == 8
+    assert _step_losses(outs[0]) == _step_losses(outs[1])
+    a, b = (_final_tensors(out) for out in outs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -123,6 +123,13 @@ def test_fp32_run_has_no_quantizers(tmp_path: Path, tiny_bert_dir: Path, squad_d
     assert abs(results["eval_f1"] - results["eval_openvino_f1"]) <= 1.0
 
 
+def saved_training_args(checkpoint: Path):
+    """The `TrainingArguments` a run trained with, as the Trainer saved them in a checkpoint."""
+    import torch
+
+    return torch.load(checkpoint / "training_args.bin", weights_only=False)
+
+
 def test_arguments_from_json_file_and_legacy_flags(tmp_path: Path, tiny_bert_dir: Path, squad_dir: Path) -> None:
     args = {
         "model_name_or_path": str(tiny_bert_dir),
@@ -132,6 +139,7 @@ def test_arguments_from_json_file_and_legacy_flags(tmp_path: Path, tiny_bert_dir
         "max_seq_length": 96,
         "doc_stride": 32,
         "num_train_epochs": 1,
+        "save_steps": 1,
         "compression": "none",
         "export_openvino": False,
         "output_dir": str(tmp_path / "out"),
@@ -140,10 +148,19 @@ def test_arguments_from_json_file_and_legacy_flags(tmp_path: Path, tiny_bert_dir
     path.write_text(json.dumps(args))
     assert main(["train", str(path)]) == 0
     assert (tmp_path / "out" / "train_results.json").is_file()
+    from_file = saved_training_args(tmp_path / "out" / "checkpoint-1")
+    assert (from_file.compression, from_file.export_openvino, from_file.save_steps) == ("none", False, 1)
+    assert not (tmp_path / "out" / "openvino_model.xml").exists() and not (tmp_path / "out" / "compression_state.pt").exists()
     legacy = train_args(tiny_bert_dir, squad_dir, tmp_path / "legacy", "--compression", "none",
-                        "--evaluation_strategy", "no", "--warmup_ratio", "0.1", "--max_train_samples", "8",
-                        "--no_export_openvino")  # fmt: skip
+                        "--evaluation_strategy", "epoch", "--warmup_ratio=0.25", "--max_train_samples", "8",
+                        "--max_eval_samples", "8", "--save_steps", "1", "--no_export_openvino")  # fmt: skip
     assert main(legacy) == 0
+    translated = saved_training_args(tmp_path / "legacy" / "checkpoint-1")
+    assert translated.eval_strategy == "epoch"  # --evaluation_strategy, under its transformers 5 name
+    assert translated.warmup_steps == 0.25  # --warmup_ratio: a value below 1 is a ratio in transformers 5
+    state = json.loads((tmp_path / "legacy" / "trainer_state.json").read_text())
+    # It evaluated once, at the epoch's end, with SQuAD scores.
+    assert [entry["epoch"] for entry in state["log_history"] if "eval_f1" in entry] == [1.0]
 
 
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -188,7 +205,12 @@ def test_run_qa_script_runs_the_seed_command(tmp_path: Path, tiny_bert_dir: Path
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_samples"] == 810
-    assert (out / "openvino_model.xml").is_file()
+    # No config given: the default INT8 QAT ran (quantizers in the saved model, FakeQuantize in the IR).
+    from qacompress.checkpoint import load_compression_state
+
+    assert "quantizer_layout" in load_compression_state(out)
+    assert (out / "openvino_model.xml").read_text().count('type="FakeQuantize"') >= 10
+    assert "eval_openvino_f1" in results
 
 
 def test_do_predict_writes_predictions_for_unlabelled_test_data(qat_run: Path, tmp_path: Path) -> None:

@@ -162,6 +162,8 @@ def score_model_dir(
             runner, examples, features, settings, batch_size=batch_size, pad_token_id=pad_token_id
         )
         metrics.update(prefixed(scores, name))
+        if isinstance(runner, OpenVINOQAModel):
+            metrics[f"{name}_precision"] = runner.precision  # what --inference_precision became on this CPU
         write_predictions(output_dir, predictions, prefix=name)
     atomic.write_json(Path(output_dir) / f"{prefix}_results.json", metrics)
     return metrics

@@ -10,7 +10,8 @@ Tokenizer failures are turned into clear errors up front: a `doc_stride` that le
 make the Rust tokenizer panic, and a question that fills the whole window leaves no context at all.
 Such a question is reported as a `DataError` naming the record rather than silently truncated: cutting
 a question changes what the model is asked, and the remedy (a larger `--max_seq_length`, a smaller
-`--doc_stride`, or fixing the record) is the user's to choose.
+`--doc_stride`, or fixing the record) is the user's to choose. A tokenizer that drops the text leaves
+windows without context tokens: a `ModelError` names it and the first example it fails on.
 """
 
 from __future__ import annotations
@@ -176,7 +177,23 @@ def _tokenize(
         return_offsets_mapping=True,
         padding="max_length" if pad_to_max_length else False,
     )
-    return encoding, 0 if context_first else 1
+    context_index = 0 if context_first else 1
+    _check_context_tokens(encoding, context_index, batch["id"], tokenizer)
+    return encoding, context_index
+
+
+def _check_context_tokens(encoding: Any, context_index: int, ids: list[str], tokenizer: Any) -> None:
+    """Every window must hold context tokens. A tokenizer that drops the text (e.g. a RoBERTa tokenizer
+    rebuilt from vocab/merges files whose byte-level set-up got lost) leaves none: training would fail
+    deep in the label search and evaluation would answer nothing, so name the tokenizer instead."""
+    for feature, example in enumerate(encoding["overflow_to_sample_mapping"]):
+        if context_index not in encoding.sequence_ids(feature):
+            name = getattr(tokenizer, "name_or_path", "") or "?"
+            raise ModelError(
+                f"tokenizer {name} ({type(tokenizer).__name__}) leaves no context token in the features of example "
+                f"{ids[example]!r}: it drops the context text; check its vocabulary and pre-tokenizer "
+                "(tokenizer.json), or pass a working tokenizer with --tokenizer_name"
+            )
 
 
 def _check_question_lengths(

@@ -154,18 +154,36 @@ def quantize_model(
     )
     was_training = model.training
     model.eval()
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(samples),
-        preset=nncf.QuantizationPreset(config.preset),
-        target_device=nncf.TargetDevice[config.target_device],
-        subset_size=len(samples),
-        model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
-        advanced_parameters=advanced,
-    )
+    try:
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            preset=nncf.QuantizationPreset(config.preset),
+            target_device=nncf.TargetDevice[config.target_device],
+            subset_size=len(samples),
+            model_type=nncf.ModelType.TRANSFORMER,
+            ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+            advanced_parameters=advanced,
+        )
+    except (ValueError, nncf.ValidationError) as exc:
+        raise _settings_error(config, exc, source) from exc
     quantized.train(was_training)
     return quantized
+
+
+def _settings_error(config: QuantizationConfig, exc: Exception, source: str) -> Exception:
+    """NNCF refuses some weights/activations settings (e.g. signed asymmetric activations on the 'ANY'
+    device, asymmetric weights with the overflow fix); name the keys the user set, in one line."""
+    keys = [f"quantization.{group}" for group in ("weights", "activations") if _quantizer_params(getattr(config, group))]
+    if not keys:
+        return exc  # not a settings problem: let the bug show
+    reason = " ".join(str(exc).split())
+    return ConfigError(
+        f"NNCF 3 cannot quantize with these settings (preset {config.preset}, overflow_fix {config.overflow_fix}, "
+        f"target_device {config.target_device}): {reason}",
+        file=source,
+        key=", ".join(keys),
+    )
 
 
 def quantizer_layout(model: nn.Module) -> str:

@@ -61,6 +61,11 @@ class OpenVINOQAModel:
         self.input_names = tuple(i.get_any_name() for i in self.model.inputs)
         self.path = path
 
+    @property
+    def precision(self) -> str:
+        """The precision OpenVINO computes in ('f32', 'bf16', ...): `auto` and CPUs without bf16 decide it."""
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
     def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         result = self.request.infer({k: inputs[k] for k in self.input_names})
         return np.array(result["start_logits"]), np.array(result["end_logits"])
