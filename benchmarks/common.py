@@ -37,7 +37,11 @@ def jpqd_keep(config) -> list[LayerKeep]:
 
 
 def write_results(name: str, data: dict, markdown: str) -> None:
-    """`benchmarks/results/<name>.json` and `<name>.md`."""
+    """`benchmarks/results/<name>.json` and `<name>.md`, both naming the CPU they were measured on
+    (`qacompress.cpu`): figures from different CPUs must never be read as one series."""
+    from qacompress.cpu import cpu_info, describe
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(RESULTS / f"{name}.json", data)
-    atomic.write_bytes(RESULTS / f"{name}.md", (markdown.rstrip() + "\n").encode("utf-8"))
+    atomic.write_json(RESULTS / f"{name}.json", {"cpu": cpu_info(), **data})
+    text = markdown.rstrip() if markdown.lstrip().startswith("CPU:") else f"CPU: {describe()}\n\n{markdown.rstrip()}"
+    atomic.write_bytes(RESULTS / f"{name}.md", (text + "\n").encode("utf-8"))

@@ -116,7 +116,11 @@ def main(argv: list[str]) -> int:
             )
         tables.append(format_table(results, settings))
         everything[rows[0][0].split(" ")[0]] = results
-    text = "\n\n".join(tables)
+    text = "\n\n".join(tables) + (
+        "\n\nRows: BERT-base rows use random weights (its \"QAT IR\" is quantized without training, its \"JPQD IR\" "
+        "is the random model cut to the MiniLM JPQD run's proportions): speed only. MiniLM-L6 rows are the demo "
+        "runs' trained models, scored at length 256 (stride 128) on the dev slice."
+    )
     print(text)
     write_results("speed", {"settings": settings.__dict__, "families": everything}, text)
     return 0

@@ -30,7 +30,13 @@ def test_benchmark_measures_ir_and_torch(ir_dir: Path, tiny_bert_dir: Path, tmp_
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "| ir | openvino |" in table and "| torch | torch |" in table
-    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    from qacompress.cpu import cpu_info
+
+    assert f"CPU: {cpu_info()['name']}" in table
+    record = json.loads(out.read_text())
+    assert record["cpu"]["name"] == cpu_info()["name"] and record["cpu"]["isa"] == cpu_info()["isa"]
+    assert record["cpu"]["openvino_capabilities"] == cpu_info()["openvino_capabilities"]
+    results = {r["name"]: r for r in record["results"]}
     for name, backend in (("ir", "openvino"), ("torch", "torch")):
         r = results[name]
         assert r["backend"] == backend
@@ -38,6 +44,10 @@ def test_benchmark_measures_ir_and_torch(ir_dir: Path, tiny_bert_dir: Path, tmp_
         assert all(0 < cell["median"] <= cell["p90"] for cell in r["latency_ms"].values())
         assert r["size_mb"] > 0 and r["peak_rss_mb"] > 50
         assert 0 <= r["metrics"]["f1"] <= 100
+        # Batch 1 over the file's real features: one call per feature, at its true (unpadded) length.
+        real = r["real_length"]
+        assert real["features"] >= 8 and 0 < real["p50_ms"] <= real["p90_ms"] and real["total_s"] > 0
+        assert real["mean_length"] < 96
     assert results["ir"]["throughput_samples_per_s"] > 0
     assert results["torch"]["throughput_samples_per_s"] is None
 

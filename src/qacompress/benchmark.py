@@ -2,8 +2,12 @@
 
 For each model directory (an OpenVINO IR dir, or a torch dir run with torch): median and p90 latency
 at each (batch, sequence length), throughput with OpenVINO's asynchronous requests on all cores, peak
-resident memory, size on disk, and optionally EM/F1 on a validation file. Each model is measured in a
-fresh process, so peak memory is its own. `qacompress benchmark` prints a table and writes JSON.
+resident memory, size on disk, and optionally EM/F1 on a validation file together with batch-1
+latency over the file's real features (their true lengths, unpadded: fixed padded shapes overstate
+what INT8 gains on real, shorter inputs). Each model is measured in a fresh process, so peak memory is
+its own. `qacompress benchmark` prints a table and writes JSON, both naming the CPU (`qacompress.cpu`):
+figures from different CPUs are not comparable. `--compare_variants` measures the deployment variants
+of one model instead (`qacompress.variants`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class ModelResult:
     throughput_samples_per_s: float | None = None
     peak_rss_mb: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: batch-1 latency over the validation file's features at their true lengths: p50/p90 ms, total s
+    real_length: dict[str, float] = field(default_factory=dict)
 
 
 def dir_size_mb(path: str | Path, backend: str) -> float:
@@ -144,12 +150,14 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
         inputs = synthetic_inputs(1, settings.throughput_seq_length, vocab, runner.input_names, settings.seed)
         result.throughput_samples_per_s = openvino_throughput(path, inputs, settings)
     if validation:
-        result.metrics = _accuracy(path, runner, validation)
+        result.metrics, features = _accuracy(path, runner, validation)
+        result.real_length = real_length_latency(runner, features)
     result.peak_rss_mb = peak_rss_mb()
     return asdict(result)
 
 
-def _accuracy(path: str, runner, validation: dict) -> dict[str, float]:
+def _accuracy(path: str, runner, validation: dict) -> tuple[dict[str, float], object]:
+    """EM/F1 (and timings) on the validation file; also returns its features for `real_length_latency`."""
     from qacompress.data import load_examples
     from qacompress.evaluation import DecodeSettings, evaluate_runner
     from qacompress.features import prepare_eval_features
@@ -162,7 +170,32 @@ def _accuracy(path: str, runner, validation: dict) -> dict[str, float]:
         pad_to_max_length=False,
     )
     _, metrics = evaluate_runner(runner, examples, features, DecodeSettings(), progress=False)
-    return {k: metrics[k] for k in ("exact_match", "f1", "model_runtime", "postprocess_runtime")}
+    return {k: metrics[k] for k in ("exact_match", "f1", "model_runtime", "postprocess_runtime")}, features
+
+
+def real_length_latency(runner, features, warmup: int = 3) -> dict[str, float]:
+    """Batch-1 latency over every feature at its true length (no padding): p50/p90 ms, total s.
+
+    What a service answering one question at a time sees; the features come unpadded from
+    `prepare_eval_features(pad_to_max_length=False)`.
+    """
+    columns = [c for c in runner.input_names if c in features.column_names]
+    rows = [{c: np.asarray([features[i][c]], dtype=np.int64) for c in columns} for i in range(len(features))]
+    for inputs in rows[:warmup]:
+        runner(inputs)
+    times = []
+    for inputs in rows:
+        t0 = time.perf_counter()
+        runner(inputs)
+        times.append((time.perf_counter() - t0) * 1000)
+    lengths = [int(r["input_ids"].shape[1]) for r in rows]
+    return {
+        "features": len(times),
+        "mean_length": round(float(np.mean(lengths)), 1) if lengths else 0.0,
+        "p50_ms": round(float(np.percentile(times, 50)), 3) if times else 0.0,
+        "p90_ms": round(float(np.percentile(times, 90)), 3) if times else 0.0,
+        "total_s": round(sum(times) / 1000, 3),
+    }
 
 
 def _child(queue, *args) -> None:
@@ -191,15 +224,21 @@ def measure_model(
     return payload
 
 
-def format_table(results: list[dict], settings: BenchmarkSettings) -> str:
-    """Markdown table: one row per model, latency columns per shape, ratios to the first row."""
+def format_table(results: list[dict], settings: BenchmarkSettings, cpu: str | None = None) -> str:
+    """Markdown table: one row per model, latency columns per shape, ratios to the first row; the
+    CPU (default: this one, `qacompress.cpu.describe()`) on the line above."""
+    from qacompress.cpu import describe
+
     shapes = [f"b{b}_s{s}" for s in settings.seq_lengths for b in settings.batch_sizes]
     header = ["model", "backend", "size MB", "peak RSS MB"] + [f"{s} ms (p50/p90)" for s in shapes]
     header += ["throughput /s", f"speed-up {shapes[-1] if shapes else ''}"]
+    has_real = any(r.get("real_length") for r in results)
+    if has_real:
+        header += ["real lengths b1 ms (p50/p90)", "real lengths total s"]
     has_acc = any(r["metrics"] for r in results)
     if has_acc:
         header += ["EM", "F1"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"CPU: {cpu or describe()}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base = results[0]["latency_ms"].get(shapes[-1], {}).get("median") if results and shapes else None
     for r in results:
         row = [r["name"], r["backend"], f"{r['size_mb']:.1f}", f"{r['peak_rss_mb']:.0f}"]
@@ -207,6 +246,9 @@ def format_table(results: list[dict], settings: BenchmarkSettings) -> str:
         row.append(f"{r['throughput_samples_per_s']:.1f}" if r["throughput_samples_per_s"] else "-")
         mine = r["latency_ms"].get(shapes[-1], {}).get("median") if shapes else None
         row.append(f"{base / mine:.2f}x" if base and mine else "-")
+        if has_real:
+            real = r.get("real_length") or {}
+            row += [f"{real['p50_ms']:.1f} / {real['p90_ms']:.1f}", f"{real['total_s']:.2f}"] if real else ["-", "-"]
         if has_acc:
             row += [f"{r['metrics'].get('exact_match', float('nan')):.2f}", f"{r['metrics'].get('f1', float('nan')):.2f}"]
         lines.append("| " + " | ".join(row) + " |")
@@ -226,12 +268,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seq_lengths", nargs="+", type=int, default=[128, 384])
     parser.add_argument("--min_seconds", type=float, default=2.0, help="time spent per latency cell")
     parser.add_argument("--throughput_seconds", type=float, default=5.0)
+    parser.add_argument("--throughput_seq_length", type=int, default=384, help="sequence length of the throughput run")
     parser.add_argument("--inference_precision", default="f32", choices=("f32", "bf16", "auto"))
     parser.add_argument("--validation_file", help="also measure EM/F1 on this SQuAD file")
     parser.add_argument("--max_eval_samples", type=int)
     parser.add_argument("--max_seq_length", type=int, default=384)
     parser.add_argument("--doc_stride", type=int, default=128)
     parser.add_argument("--output_file", default="benchmark_results.json")
+    parser.add_argument(
+        "--compare_variants", action="store_true",
+        help="measure the deployment variants of one model dir (INT8, weights-only INT8, FP32, bf16 where the "
+        "CPU has it) and recommend one; writes benchmark.json to --output_dir",
+    )  # fmt: skip
+    parser.add_argument("--output_dir", help="with --compare_variants: where variants and benchmark.json go (default: the model dir)")
     args = parser.parse_args(argv)
     count = len(args.model_name_or_path)
     if args.names and len(args.names) != count:
@@ -241,12 +290,22 @@ def main(argv: list[str]) -> int:
     backends = args.backend * count if len(args.backend) == 1 else args.backend
     settings = BenchmarkSettings(
         batch_sizes=tuple(args.batch_sizes), seq_lengths=tuple(args.seq_lengths), min_seconds=args.min_seconds,
-        throughput_seconds=args.throughput_seconds, precision=args.inference_precision,
+        throughput_seconds=args.throughput_seconds, throughput_seq_length=args.throughput_seq_length,
+        precision=args.inference_precision,
     )
     validation = None
     if args.validation_file:
         validation = {"file": args.validation_file, "max_samples": args.max_eval_samples,
                       "max_seq_length": args.max_seq_length, "doc_stride": args.doc_stride}  # fmt: skip
+    if args.compare_variants:
+        from qacompress.variants import compare_variants, format_variants
+
+        if count != 1:
+            raise QACompressError("--compare_variants takes one --model_name_or_path")
+        report = compare_variants(args.model_name_or_path[0], args.output_dir, settings, validation)
+        print(format_variants(report))
+        print(f"wrote {report['path']}")
+        return 0
     names = args.names or [Path(p).name for p in args.model_name_or_path]
     results = []
     for path, name, backend in zip(args.model_name_or_path, names, backends):
@@ -254,6 +313,9 @@ def main(argv: list[str]) -> int:
         results.append(measure_model(path, name=name, backend=backend, settings=settings, validation=validation))
     table = format_table(results, settings)
     print(table)
-    atomic.write_json(args.output_file, {"settings": asdict(settings), "cpu_count": os.cpu_count(), "results": results})
+    from qacompress.cpu import cpu_info
+
+    record = {"settings": asdict(settings), "cpu": cpu_info(), "cpu_count": os.cpu_count(), "results": results}
+    atomic.write_json(args.output_file, record)
     print(f"wrote {args.output_file}")
     return 0

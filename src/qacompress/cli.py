@@ -3,7 +3,7 @@
     qacompress train     ...run_qa.py flags...          fine-tune with QAT / JPQD, evaluate, export
     qacompress evaluate  --model_name_or_path DIR ...   SQuAD EM/F1 of a torch or OpenVINO model dir
     qacompress prune     --model_name_or_path DIR --train_file F --target_macs 0.6 --output_dir OUT
-    qacompress export    --model_name_or_path DIR --output_dir OUT
+    qacompress export    --model_name_or_path DIR --output_dir OUT [--variant auto|int8|int8_weights|fp32]
     qacompress predict   --model_name_or_path DIR --question Q --context C | --input_file F
     qacompress benchmark --model_name_or_path DIR [DIR ...]
 
@@ -34,6 +34,15 @@ class ModelRef:
     inference_precision: str = field(default="f32", metadata={"help": "OpenVINO CPU precision: f32, bf16 or auto"})
     batch_size: int = field(default=8, metadata={"help": "Features per model call"})
     output_dir: str | None = field(default=None, metadata={"help": "Where to write results (optional)"})
+
+
+@dataclass
+class ExportArguments:
+    variant: str | None = field(
+        default=None,
+        metadata={"help": "auto (the fastest on this CPU, see `benchmark --compare_variants`), int8, int8_weights "
+                  "or fp32; default: int8 for a QAT/JPQD model, fp32 otherwise"},
+    )  # fmt: skip
 
 
 @dataclass
@@ -101,16 +110,29 @@ def cmd_prune(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    from qacompress.export import save_model_dir
+    from qacompress.export import default_variant, save_model_dir, saved_int8_embeddings
     from qacompress.models import load_qa_model, load_tokenizer
+    from qacompress.variants import EXPORT_CHOICES, RUNTIME_VARIANTS, choose_variant
 
-    ref, = _parse((ModelRef,), argv, "qacompress export")
+    ref, export_args = _parse((ModelRef, ExportArguments), argv, "qacompress export")
     model_dir = _require_model(ref)
     if not ref.output_dir:
         raise QACompressError("export needs --output_dir DIR")
+    variant = export_args.variant
+    if variant is not None and variant not in EXPORT_CHOICES:
+        raise QACompressError(f"--variant must be one of {', '.join(EXPORT_CHOICES)}, got {variant!r}")
     model = load_qa_model(model_dir)
-    save_model_dir(model, load_tokenizer(model_dir), ref.output_dir)
-    print(f"exported {model_dir} -> {ref.output_dir}/openvino_model.xml")
+    tokenizer = load_tokenizer(model_dir)
+    note = ""
+    if variant == "auto":
+        variant, why = choose_variant(model_dir, model, tokenizer)
+        note = f" (auto: {variant}, {why})"
+        if variant in RUNTIME_VARIANTS:  # a precision, not an IR: ship its IR and say how to run it
+            note += f"; run it with --inference_precision {variant}"
+            variant = RUNTIME_VARIANTS[variant]
+    variant = variant or default_variant(model)
+    save_model_dir(model, tokenizer, ref.output_dir, variant=variant, int8_embeddings=saved_int8_embeddings(model_dir))
+    print(f"exported {model_dir} -> {ref.output_dir}/openvino_model.xml as {variant}{note}")
     return 0
 
 

@@ -59,6 +59,9 @@ class QuantizationConfig:
     overflow_fix: str = "enable"
     ignored_scopes: list[str] = field(default_factory=list)
     target_device: str = "ANY"
+    #: qacompress's own key `ir_embeddings` ("int8" | "float"): the INT8 IR stores the embedding tables
+    #: as INT8 weights (weights-only; the lookups stay float), since QAT leaves them float.
+    int8_embeddings: bool = True
 
 
 @dataclass
@@ -277,6 +280,10 @@ def _parse_quantization(reader: _Reader) -> QuantizationConfig:
     config.weights = _parse_quantizer_params(reader.sub("weights"))
     config.activations = _parse_quantizer_params(reader.sub("activations"))
     config.ignored_scopes = _scopes(reader, "ignored_scopes")
+    embeddings = reader.get("ir_embeddings", str, "int8")
+    if embeddings not in ("int8", "float"):
+        raise reader.fail("ir_embeddings", f"expected 'int8' or 'float', got {embeddings!r}")
+    config.int8_embeddings = embeddings == "int8"
 
     initializer = reader.sub("initializer")
     if initializer is not None:

@@ -10,7 +10,10 @@ values. `strip` turns the model into what `openvino.convert_model` maps to INT8 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import enum
+import functools
 import importlib
 import json
 import logging
@@ -37,6 +40,40 @@ def _nncf():
         import nncf.torch  # noqa: F401
     logging.getLogger("nncf").setLevel(logging.WARNING)
     return nncf
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, or None where the C library has none (macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class _StreamedSamples:
+    """Calibration samples that hand freed heap memory back to the OS after each one.
+
+    NNCF 3.4's range statistics are small (one reduced value per quantizer and sample), yet with its
+    statistic hooks in the forward pass the resident memory of calibration grew by ~13 MB per sample on
+    MiniLM-L6 at length 256, with live torch tensors and Python allocations constant: glibc keeps the
+    freed activation buffers, fragmented by the hooks' small allocations, in its heap. `malloc_trim(0)`
+    after each sample keeps the peak flat (measured: 3 samples 738 MB, 10 samples 737 MB; without it
+    4 samples 773 MB, 24 samples 1036 MB).
+    """
+
+    def __init__(self, samples: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        trim = _malloc_trim()
+        for sample in self.samples:
+            yield sample
+            if trim is not None:
+                trim(0)
 
 
 def _prepare_kernels(model: nn.Module) -> None:
@@ -157,7 +194,7 @@ def quantize_model(
     try:
         quantized = nncf.quantize(
             model,
-            nncf.Dataset(samples),
+            nncf.Dataset(_StreamedSamples(samples)),
             preset=nncf.QuantizationPreset(config.preset),
             target_device=nncf.TargetDevice[config.target_device],
             subset_size=len(samples),

@@ -257,7 +257,13 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
         metrics.update(train_metrics)
         if args.should_save:
             atomic.write_json(Path(args.output_dir) / "train_results.json", train_metrics)
-            save_model_dir(model, tokenizer, args.output_dir, export_ir=args.export_openvino)
+            qconfig = compression.quantization if compression is not None else None
+            int8_embeddings = qconfig.int8_embeddings if qconfig is not None else True
+            save_model_dir(model, tokenizer, args.output_dir, export_ir=args.export_openvino, int8_embeddings=int8_embeddings)
+            if args.export_openvino:
+                from qacompress.variants import warn_if_int8_is_slower
+
+                warn_if_int8_is_slower(model, tokenizer, args.output_dir, data_args.max_seq_length)
     else:
         model = load_qa_model(model_path, **load)
     if args.should_save and args.do_eval:
