@@ -330,32 +330,17 @@ def _final_tensors(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _assert_same_training(a: Path, b: Path) -> None:
-    """Same seed, same data, same code on one machine: bit-identical (measured for same-seed QAT and
-    JPQD runs, and for a QAT run killed and resumed: the checkpoint restores weights, quantizers,
-    optimizer, scheduler, RNG states and the data order)."""
+    """Same seed, same data, same code on one machine: bit-identical (same-seed QAT and JPQD runs, and
+    runs killed and resumed: the checkpoint restores weights, quantizers, optimizer, scheduler, RNG
+    states and the data order). A JPQD run resumed in its fine-tuning phase used to drift (1e-4 in step
+    losses) because the uninterrupted run lost its frozen zeros' gradient hooks in `nncf.quantize`'s
+    copy; since they are set after quantization (`jpqd.finetune_pruned`), both runs are identical."""
     assert _step_losses(a) == _step_losses(b)
     first, second = _final_tensors(a), _final_tensors(b)
     assert first.keys() == second.keys()
     for name in first:
         assert torch.equal(first[name], second[name]), name
     assert _scores(a) == _scores(b)
-
-
-def _assert_close_training(a: Path, b: Path) -> None:
-    """A JPQD run resumed in its fine-tuning phase was measured not bit-identical: the first step after
-    the resume matched, later step losses differed by up to 1.1e-4 (relative 5e-5) and weights by
-    0.002, with the same F1. Likely cause: `nncf.quantize`'s copy of the pruned model dropped the
-    frozen zeros' gradient hooks in the uninterrupted run, while the resumed run (quantizers restored
-    in place) kept them. Bounds: 10x the measured differences."""
-    la, lb = _step_losses(a), _step_losses(b)
-    assert [s for s, _, _ in la] == [s for s, _, _ in lb]
-    for (step, loss_a, _), (_, loss_b, _) in zip(la, lb):
-        assert loss_b == pytest.approx(loss_a, rel=1e-3), step
-    first, second = _final_tensors(a), _final_tensors(b)
-    assert first.keys() == second.keys()
-    assert max(float((first[k].float() - second[k].float()).abs().max()) for k in first) < 0.02
-    for key in ("eval_f1", "eval_openvino_f1"):
-        assert abs(_scores(a)[key] - _scores(b)[key]) <= 100 / 24 + 1e-9, key  # one question of 24
 
 
 @pytest.fixture(scope="module")
