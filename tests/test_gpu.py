@@ -16,24 +16,11 @@ import torch
 from qacompress.cli import main
 from qacompress.models import load_qa_model
 from qacompress.quantization import is_quantized
+from test_jpqd import TINY_JPQD  # warm-up to step 12 of 16
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_JPQD = [
-    {
-        "algorithm": "movement_sparsity",
-        "params": {"warmup_start_epoch": 1, "warmup_end_epoch": 3, "importance_regularization_factor": 0.05,
-                   "steps_per_epoch": 3},
-        "sparse_structure_by_scopes": [
-            {"mode": "block", "sparse_factors": [8, 8], "target_scopes": "{re}.*BertAttention.*"},
-            {"mode": "per_dim", "axis": 0, "target_scopes": "{re}.*BertIntermediate.*"},
-            {"mode": "per_dim", "axis": 1, "target_scopes": "{re}.*BertOutput.*"},
-        ],
-        "ignored_scopes": ["{re}.*NNCFEmbedding.*", "{re}.*qa_outputs.*", "{re}.*LayerNorm.*"],
-    },
-    {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 16}}},
-]  # fmt: skip
 
 
 def train_args(model: Path, squad_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -69,7 +56,7 @@ def test_jpqd_on_cuda(precision, tiny_bert_dir, squad_dir, tmp_path):
     config = tmp_path / "jpqd.json"
     config.write_text(json.dumps(TINY_JPQD))
     out = tmp_path / "jpqd"
-    args = train_args(tiny_bert_dir, squad_dir, out, precision, "--max_steps", "12", "--nncf_compression_config",
+    args = train_args(tiny_bert_dir, squad_dir, out, precision, "--max_steps", "16", "--nncf_compression_config",
                       str(config), "--teacher_model_name_or_path", str(tiny_bert_dir))  # fmt: skip
     assert main(args) == 0
     check_run(out)
