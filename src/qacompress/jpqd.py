@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +50,11 @@ def plan_steps(compression: CompressionConfig, args: Any, num_features: int) -> 
     A schedule epoch is `steps_per_epoch` from the config when given (NNCF's meaning), else a real
     epoch; the run is `--max_steps` or `--num_train_epochs` real epochs.
     """
-    from qacompress.train import steps_per_epoch
+    from qacompress.train import steps_per_epoch, total_steps
 
     config = compression.movement_sparsity
     real = steps_per_epoch(num_features, args)
-    total = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(real * args.num_train_epochs)
+    total = total_steps(num_features, args)
     per_epoch = config.steps_per_epoch or real
     warmup_end = config.warmup_end_epoch * per_epoch
     if warmup_end > total:
@@ -159,12 +158,10 @@ def train_structured(
     for the whole step budget. The pruned float model is kept in `output_dir/pruned`, so a resumed
     run does not select again."""
     from qacompress.prune import PruneConfig, feature_batches, fisher_prune
-    from qacompress.train import steps_per_epoch
+    from qacompress.train import total_steps
 
     sconfig = compression.structured_pruning
-    total = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(
-        steps_per_epoch(len(data.train_features), args) * args.num_train_epochs
-    )
+    total = total_steps(len(data.train_features), args)
     out = Path(args.output_dir)
     if not (out / PRUNED_DIR / "config.json").is_file() and args.should_save:
         model = load_qa_model(model_path, **load)

@@ -171,6 +171,13 @@ def steps_per_epoch(num_features: int, args: QACompressTrainingArguments) -> int
     return max(1, math.ceil(batches / args.gradient_accumulation_steps))
 
 
+def total_steps(num_features: int, args: QACompressTrainingArguments) -> int:
+    """Optimizer steps of the whole run: `--max_steps`, else `--num_train_epochs` real epochs."""
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    return math.ceil(steps_per_epoch(num_features, args) * args.num_train_epochs)
+
+
 def model_inputs(features: Any, with_labels: bool) -> Any:
     keep = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
     if with_labels:
