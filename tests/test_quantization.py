@@ -484,3 +484,91 @@ def test_plain_weights_load_with_transformers(quantized_dir, quantized):
     assert set(loaded) <= set(plain_state)
     for key, value in loaded.items():
         assert torch.equal(value, plain_state[key]), key
+
+
+def nncf_reference(model: nn.Module, config: QuantizationConfig, samples: list) -> nn.Module:
+    """NNCF's own `nncf.quantize` on a plain in-memory list, with the settings qacompress documents
+    for `config` (written out here, independently of `quantize_model`)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    if config.range_type == "min_max":
+        ranges = RangeEstimatorParametersSet.MINMAX
+    elif config.range_type == "mean_min_max":
+        ranges = RangeEstimatorParametersSet.MEAN_MINMAX
+    else:
+        assert config.range_type == "mean_percentile"
+        ranges = RangeEstimatorParameters(
+            min=StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MEAN,
+                                              quantile_outlier_prob=config.min_percentile / 100),
+            max=StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MEAN,
+                                              quantile_outlier_prob=1 - config.max_percentile / 100),
+        )
+    return nncf.quantize(
+        model.eval(),
+        nncf.Dataset(samples),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(samples),
+        model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(names=resolve_ignored_scope(model, config.ignored_scopes, samples[0], "config")),
+        advanced_parameters=AdvancedQuantizationParameters(
+            overflow_fix=OverflowFix.ENABLE,
+            activations_range_estimator_params=ranges,
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1),
+            disable_bias_correction=True,
+        ),
+    )
+
+
+@pytest.mark.parametrize("range_type", ["min_max", "mean_min_max", "mean_percentile"])
+def test_streamed_calibration_gives_nncf_own_ranges(tiny_bert_dir, calibration, range_type):
+    """Calibration streams its samples (heap trimmed after each, so memory stays flat with the sample
+    count); the quantizer ranges it produces are exactly those of NNCF's own `nncf.quantize` on the
+    same samples held in a list."""
+    config = dataclasses.replace(default_compression_config().quantization, range_type=range_type)
+    ours = quantizers(quantize_model(load_qa_model(str(tiny_bert_dir)), config, calibration))
+    theirs = quantizers(nncf_reference(load_qa_model(str(tiny_bert_dir)), config, list(calibration)))
+    assert set(ours) == set(theirs) and len(ours) >= N_LINEARS
+    for name, quantizer in ours.items():
+        mine, ref = quantizer.state_dict(), theirs[name].state_dict()
+        assert mine.keys() == ref.keys(), name
+        for key in mine:
+            assert torch.equal(mine[key], ref[key]), (name, key)
+
+
+def test_min_max_ranges_cover_exactly_what_the_calibration_saw(tiny_bert_dir, calibration):
+    """Independently of NNCF: with `min_max`, the quantizer on the last layer's GELU output (the FFN
+    output projection's input; asymmetric under the mixed preset) spans the smallest to the largest
+    value that projection received over all calibration samples."""
+    config = dataclasses.replace(default_compression_config().quantization, range_type="min_max")
+    plain_model = load_qa_model(str(tiny_bert_dir)).eval()
+    layer = plain_model.bert.encoder.layer[-1].output.dense
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().flatten()))
+    with torch.no_grad():
+        for sample in calibration:
+            plain_model(**sample)
+    handle.remove()
+    low, high = float(torch.cat(seen).min()), float(torch.cat(seen).max())
+
+    q = quantize_model(load_qa_model(str(tiny_bert_dir)), config, calibration)
+    last = len(plain_model.bert.encoder.layer) - 1
+    candidates = [m for name, m in quantizers(q).items() if name.endswith(f"intermediate_act_fn/gelu/{last}__0.0")]
+    assert len(candidates) == 1, list(quantizers(q))
+    (act,) = candidates
+    assert type(act).__name__ == "AsymmetricQuantizer"
+    q_low, q_high = float(act.input_low), float(act.input_low + act.input_range.abs())
+    # NNCF widens an asymmetric range so that zero falls on an integer level: at most one step.
+    step = (q_high - q_low) / 255
+    assert q_low - step <= low <= q_low + step and q_high - step <= high <= q_high + step, (low, high, q_low, q_high)
