@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SQUAD, WORK, write_results  # noqa: E402
-
 import torch  # noqa: E402
+from common import SQUAD, WORK, write_results  # noqa: E402
 from transformers import DataCollatorWithPadding, Trainer  # noqa: E402
 
 from qacompress.arguments import QACompressTrainingArguments  # noqa: E402
@@ -33,8 +32,8 @@ from qacompress.data import load_examples  # noqa: E402
 from qacompress.evaluation import DecodeSettings, evaluate_runner  # noqa: E402
 from qacompress.features import prepare_eval_features  # noqa: E402
 from qacompress.models import default_model_path, load_qa_model, load_tokenizer  # noqa: E402
+from qacompress.phases import model_inputs  # noqa: E402
 from qacompress.runtime import TorchQAModel  # noqa: E402
-from qacompress.train import model_inputs  # noqa: E402
 from qacompress.trainer import QACompressTrainer  # noqa: E402
 
 

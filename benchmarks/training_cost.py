@@ -31,9 +31,9 @@ def build(kind: str, features):
     from qacompress.config import default_compression_config, load_compression_config
     from qacompress.models import default_model_path, load_qa_model
     from qacompress.movement import attach_movement_pruning
+    from qacompress.phases import calibration_samples
     from qacompress.quantization import quantize_model
     from qacompress.structured import prune_
-    from qacompress.train import calibration_samples
     from qacompress.trainer import MovementScheduleCallback
 
     path = default_model_path()
@@ -65,7 +65,7 @@ def run_steps(kind: str, steps: int, batch: int, seq: int, queue) -> None:
     from qacompress.data import load_examples
     from qacompress.features import prepare_train_features
     from qacompress.models import default_model_path, load_tokenizer
-    from qacompress.train import model_inputs
+    from qacompress.phases import model_inputs
     from qacompress.trainer import QACompressTrainer
 
     torch.manual_seed(0)

@@ -135,7 +135,7 @@ def test_compute_loss_reduces_per_replica_losses(tiny_bert_dir, tmp_path):
 def test_steps_per_epoch_counts_every_gpu_of_the_process(tmp_path):
     """One process with 4 GPUs (DataParallel) takes 4 per-device batches per optimizer step."""
     from qacompress.arguments import QACompressTrainingArguments
-    from qacompress.train import steps_per_epoch
+    from qacompress.phases import steps_per_epoch
 
     args = QACompressTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[])
     assert steps_per_epoch(100, args) == 13

@@ -15,7 +15,8 @@ from qacompress.architecture import require_layout
 from qacompress.config import MovementSparsityConfig, parse_compression_config
 from qacompress.errors import ConfigError
 from qacompress.models import load_qa_model
-from qacompress.movement import ATTR, attach_movement_pruning, detach_movement_pruning
+from qacompress.movement import attach_movement_pruning, detach_movement_pruning
+from qacompress.ondisk import MOVEMENT_ATTR
 
 HEAD_SIZE = 8  # tiny models: hidden 32, 4 heads
 
@@ -288,7 +289,7 @@ def test_attach_selects_the_encoder_linears_with_the_configured_modes(bert):
     before = {n: p.detach().clone() for n, p in bert.named_parameters()}
 
     pruner = attach_movement_pruning(bert, seed_like())
-    assert getattr(bert, ATTR) is pruner
+    assert getattr(bert, MOVEMENT_ATTR) is pruner
     assert set(pruner.targets) == bert_linears()
     for name, t in pruner.targets.items():
         if ".attention." in name:
@@ -303,7 +304,7 @@ def test_attach_selects_the_encoder_linears_with_the_configured_modes(bert):
             assert pruner.scores[t.key].shape == (1, 64)
     # Score parameters are part of the model (so the optimizer and checkpoints see them).
     params = dict(bert.named_parameters())
-    score_names = {n for n in params if n.startswith(ATTR + ".")}
+    score_names = {n for n in params if n.startswith(MOVEMENT_ATTR + ".")}
     assert len(score_names) == 12 + 10  # weight scores + bias scores (none for per-column BertOutput)
     for n, p in before.items():
         assert torch.equal(params[n], p)
@@ -315,8 +316,8 @@ def test_attach_selects_the_encoder_linears_with_the_configured_modes(bert):
         pruner.threshold = 0.0  # all scores are 0: everything masked, the logits change
         assert not torch.allclose(bert(input_ids=ids).start_logits, plain_logits)
     detach_movement_pruning(bert)
-    assert not hasattr(bert, ATTR)
-    assert not any(n.startswith(ATTR) for n, _ in bert.named_parameters())
+    assert not hasattr(bert, MOVEMENT_ATTR)
+    assert not any(n.startswith(MOVEMENT_ATTR) for n, _ in bert.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(bert(input_ids=ids).start_logits, plain_logits)
 
@@ -347,7 +348,7 @@ def test_block_that_does_not_divide_the_weight_is_a_config_error(bert):
     assert info.value.key == "movement_sparsity.sparse_structure_by_scopes[0].sparse_factors"
     assert info.value.file == "seed-like.json"
     assert "32x32" in str(info.value) and "sparse_factors" in str(info.value)
-    assert not hasattr(bert, ATTR)
+    assert not hasattr(bert, MOVEMENT_ATTR)
 
 
 def test_scope_that_matches_nothing_is_a_config_error(bert):
@@ -363,7 +364,7 @@ def test_scope_that_matches_nothing_is_a_config_error(bert):
     with pytest.raises(ConfigError) as info:
         attach_movement_pruning(bert, config, source="c.json")
     assert info.value.key == "movement_sparsity.ignored_scopes"
-    assert not hasattr(bert, ATTR)
+    assert not hasattr(bert, MOVEMENT_ATTR)
 
 
 # ---- structure --------------------------------------------------------------------------------

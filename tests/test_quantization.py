@@ -17,12 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from qacompress.checkpoint import STATE_FILE, save_compressed, split_state_dict
+from qacompress.checkpoint import save_compressed, split_state_dict
 from qacompress.cpu import cpu_info, has_int8_dot_product
 from qacompress.config import QuantizationConfig, default_compression_config, load_compression_config
 from qacompress.errors import ConfigError, ModelError
 from qacompress.export import save_model_dir
 from qacompress.models import IR_FILE, load_qa_model, load_tokenizer
+from qacompress.ondisk import STATE_FILE
 from qacompress.quantization import is_quantized, quantize_model, resolve_ignored_scope
 from qacompress.runtime import OpenVINOQAModel, TorchQAModel, load_runner
 
@@ -484,6 +485,23 @@ def test_plain_weights_load_with_transformers(quantized_dir, quantized):
     assert set(loaded) <= set(plain_state)
     for key, value in loaded.items():
         assert torch.equal(value, plain_state[key]), key
+
+
+def test_save_compressed_writes_the_state_dict_it_is_given(quantized, tmp_path):
+    """What `QACompressTrainer.save_model` relies on under FSDP/ZeRO-3, where each process holds shards
+    and only the accelerator's gathered state dict is whole: the given tensors are written, weights and
+    quantizer values alike, not the model's own."""
+    from qacompress.checkpoint import load_compression_state
+
+    given = {k: v.clone() + 1.0 if v.is_floating_point() else v.clone() for k, v in quantized.state_dict().items()}
+    save_compressed(quantized, tmp_path, state_dict=given)
+    restored = load_qa_model(str(tmp_path))
+    assert is_quantized(restored)
+    weight = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(restored.state_dict()[weight], given[weight])
+    assert not torch.equal(restored.state_dict()[weight], quantized.state_dict()[weight])
+    saved = load_compression_state(tmp_path)["tensors"]
+    assert saved and all(torch.equal(value, given[key]) for key, value in saved.items())
 
 
 def nncf_reference(model: nn.Module, config: QuantizationConfig, samples: list) -> nn.Module:

@@ -21,7 +21,7 @@ from qacompress.models import load_qa_model, load_tokenizer
 from qacompress.movement import attach_movement_pruning
 from qacompress.quantization import quantize_model
 from qacompress.structured import LayerKeep, current_sizes, prune_
-from qacompress.train import last_complete_checkpoint
+from qacompress.phases import last_complete_checkpoint
 from test_movement import seed_like
 from test_quantization import activation_ranges, quantizers
 from test_scopes import SEED_ATTENTION, SEED_FFN_IN, SEED_FFN_OUT, selected_linears
@@ -235,7 +235,7 @@ def test_overwrite_output_dir_trains_afresh_in_a_non_empty_directory(tmp_path, t
             "--no_export_openvino", "--disable_tqdm", "true", "--logging_steps", "1", "--output_dir", str(out)]  # fmt: skip
     assert main(args + ["--overwrite_output_dir"]) == 0  # refused without the flag (test_train_cli)
     assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoint-2" / "trainer_state.json").is_file()
-    with caplog.at_level(logging.INFO, logger="qacompress.train"):
+    with caplog.at_level(logging.INFO, logger="qacompress"):
         assert main(args) == 0  # now there is a checkpoint: resumed, nothing left to train
         assert "resuming from" in caplog.text and "checkpoint-2" in caplog.text
         caplog.clear()

@@ -18,34 +18,46 @@ import torch
 from torch import nn
 
 from qacompress.errors import ModelError
+from qacompress.ondisk import MOVEMENT_ATTR, QUANTIZER_LAYOUT, STATE_FILE
 
-STATE_FILE = "compression_state.pt"
 FORMAT_VERSION = 1
 #: State-dict prefixes of modules that compression adds to a model (NNCF hooks, movement scores).
-COMPRESSION_PREFIXES = ("__nncf_hooks.", "qacompress_movement.")
+COMPRESSION_PREFIXES = ("__nncf_hooks.", f"{MOVEMENT_ATTR}.")
 
 
-def split_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(plain model weights, compression tensors): the first is what `from_pretrained` can load."""
+def split_state_dict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(plain model weights, compression tensors) of `state_dict` (default: the model's own): the first
+    is what `from_pretrained` can load."""
     plain, compression = {}, {}
-    for key, value in model.state_dict().items():
+    for key, value in (model.state_dict() if state_dict is None else state_dict).items():
         (compression if key.startswith(COMPRESSION_PREFIXES) else plain)[key] = value
     return plain, compression
 
 
-def save_compressed(model: nn.Module, directory: str | Path, *, extra_state: dict[str, Any] | None = None) -> None:
-    """Write `model` (plain weights via `save_pretrained`, plus compression state if any) into `directory`."""
+def save_compressed(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    extra_state: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write `model` (plain weights via `save_pretrained`, plus compression state if any) into `directory`.
+
+    `state_dict` replaces the model's own, for weights gathered elsewhere: under FSDP or DeepSpeed ZeRO-3
+    each process holds shards, and only the accelerator's gathered state dict has the whole tensors."""
     from qacompress.quantization import is_quantized, quantizer_layout
 
     directory = Path(directory)
-    plain, compression = split_state_dict(model)
+    plain, compression = split_state_dict(model, state_dict)
     # Trainer reloads model.safetensors non-strictly on resume; naming the compression keys here keeps
     # it from warning about them (they come from compression_state.pt).
     model._keys_to_ignore_on_save = list(compression) or None
     model.save_pretrained(directory, state_dict=plain)
     state: dict[str, Any] = {"format_version": FORMAT_VERSION, "tensors": compression}
     if is_quantized(model):
-        state["quantizer_layout"] = quantizer_layout(model)
+        state[QUANTIZER_LAYOUT] = quantizer_layout(model)
     state.update(extra_state or {})
     if compression or extra_state:
         torch.save(state, directory / STATE_FILE)
@@ -72,10 +84,10 @@ def apply_compression_state(model: nn.Module, state: dict[str, Any] | None) -> n
     """
     if not state:
         return model
-    if "quantizer_layout" in state:
+    if QUANTIZER_LAYOUT in state:
         from qacompress.quantization import restore_quantization
 
-        model = restore_quantization(model, state["quantizer_layout"])
+        model = restore_quantization(model, state[QUANTIZER_LAYOUT])
     load_compression_tensors(model, state)
     return model
 

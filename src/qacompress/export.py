@@ -33,15 +33,14 @@ import torch
 from torch import nn
 
 from qacompress.atomic import staged_files
-from qacompress.checkpoint import STATE_FILE, save_compressed
+from qacompress.checkpoint import save_compressed
 from qacompress.models import IR_FILE
+from qacompress.ondisk import INT8_EMBEDDINGS, STATE_FILE
 
 logger = logging.getLogger(__name__)
 
 #: Files a model directory may hold that a new export must replace or remove.
 MODEL_FILES = (STATE_FILE, IR_FILE, IR_FILE.replace(".xml", ".bin"), "model.safetensors", "config.json")
-#: Compression-state key recording whether the INT8 IR stores its embedding tables as INT8.
-EMBEDDINGS_KEY = "int8_embeddings"
 
 
 def example_inputs(tokenizer, length: int = 64) -> dict[str, torch.Tensor]:
@@ -241,7 +240,7 @@ def save_model_dir(
     directory = Path(directory)
     model = model.module if hasattr(model, "module") else model
     if is_quantized(model):
-        extra_state = {**(extra_state or {}), EMBEDDINGS_KEY: int8_embeddings}
+        extra_state = {**(extra_state or {}), INT8_EMBEDDINGS: int8_embeddings}
     with staged_files(directory, replaces=MODEL_FILES) as staging:
         save_compressed(model, staging, extra_state=extra_state)
         tokenizer.save_pretrained(staging)
@@ -255,4 +254,4 @@ def saved_int8_embeddings(model_dir: str | Path) -> bool:
     """Whether the model saved in `model_dir` asked for INT8 embedding tables in its INT8 IR (default yes)."""
     from qacompress.checkpoint import load_compression_state
 
-    return bool((load_compression_state(model_dir) or {}).get(EMBEDDINGS_KEY, True))
+    return bool((load_compression_state(model_dir) or {}).get(INT8_EMBEDDINGS, True))

@@ -34,14 +34,15 @@ from qacompress.errors import ConfigError
 from qacompress.export import save_model_dir
 from qacompress.models import load_qa_model
 from qacompress.movement import MovementPruner, attach_movement_pruning
+from qacompress.ondisk import FINETUNE_DIR, FROZEN_MASKS, KEPT, MOVEMENT_SCHEDULE, PRUNED_DIR, REPORT, WARMUP_RESULTS
+from qacompress.phases import Run, calibration_samples, fit, resolve_resume, steps_per_epoch, total_steps
+from qacompress.prune import PruneConfig, feature_batches, fisher_prune
+from qacompress.quantization import quantize_model
 from qacompress.report import compression_report
 from qacompress.structured import current_sizes
+from qacompress.trainer import MovementScheduleCallback
 
 logger = logging.getLogger(__name__)
-
-PRUNED_DIR = "pruned"
-FINETUNE_DIR = "finetune"
-WARMUP_RESULTS = "warmup_results.json"  # phase-1 metrics, kept for a run resumed in phase 2
 
 
 def plan_steps(compression: CompressionConfig, args: Any, num_features: int) -> tuple[int, int, int]:
@@ -50,8 +51,6 @@ def plan_steps(compression: CompressionConfig, args: Any, num_features: int) -> 
     A schedule epoch is `steps_per_epoch` from the config when given (NNCF's meaning), else a real
     epoch; the run is `--max_steps` or `--num_train_epochs` real epochs.
     """
-    from qacompress.train import steps_per_epoch, total_steps
-
     config = compression.movement_sparsity
     real = steps_per_epoch(num_features, args)
     total = total_steps(num_features, args)
@@ -92,79 +91,56 @@ def freeze_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         param.register_hook(lambda grad, mask=mask: grad * mask)
 
 
-def train_jpqd(
-    model_path: str,
-    load: dict,
-    tokenizer,
-    compression: CompressionConfig,
-    args: Any,
-    data: Any,
-    settings: Any,
-    teacher: nn.Module | None,
-) -> tuple[nn.Module, dict]:
+def train_jpqd(run: Run) -> tuple[nn.Module, dict]:
     """Run both phases (resuming where a previous run stopped); returns the final model and metrics."""
-    from qacompress.train import fit, resolve_resume
-
+    compression, args, data = run.compression, run.args, run.data
     mconfig = compression.movement_sparsity
     per_epoch, warmup_end, total = plan_steps(compression, args, len(data.train_features))
     out = Path(args.output_dir)
     metrics: dict[str, Any] = {}
 
     if not (out / PRUNED_DIR / "config.json").is_file():
-        model = load_qa_model(model_path, **load)
+        model = load_qa_model(run.model_path, **run.load)
         pruner = attach_movement_pruning(model, mconfig, compression.source)
         pruner.steps_per_epoch = per_epoch
         resume = resolve_resume(args, out)
         if resume:
             state = load_compression_state(resume)
             apply_compression_state(model, state)
-            pruner.load_schedule_state(state["movement_schedule"])
-        from qacompress.trainer import MovementScheduleCallback
-
+            pruner.load_schedule_state(state[MOVEMENT_SCHEDULE])
         warmup_args = warmup_training_args(args, warmup_end)
         trainer, phase = fit(
-            model, tokenizer, warmup_args, data, settings, teacher=teacher, resume=resume,
-            schedule_steps=(0, total), callbacks=[MovementScheduleCallback(pruner)],
-        )
+            model, run, warmup_args, resume=resume, schedule_steps=(0, total),
+            callbacks=[MovementScheduleCallback(pruner)],
+        )  # fmt: skip
         trainer.save_state()
         metrics.update({f"warmup_{k}": v for k, v in phase.items()})
         model = trainer.accelerator.unwrap_model(trainer.model)
         if args.should_save:
-            save_pruned(model, pruner, mconfig.enable_structured_masking, tokenizer, out / PRUNED_DIR)
+            save_pruned(model, pruner, mconfig.enable_structured_masking, run.tokenizer, out / PRUNED_DIR)
             atomic.write_json(out / PRUNED_DIR / WARMUP_RESULTS, metrics)
     elif (out / PRUNED_DIR / WARMUP_RESULTS).is_file():
         metrics.update(json.loads((out / PRUNED_DIR / WARMUP_RESULTS).read_text()))
     _barrier(args)
 
-    model, phase = finetune_pruned(model_path, load, tokenizer, compression, args, data, settings, teacher, warmup_end, total)
+    model, phase = finetune_pruned(run, warmup_end, total)
     metrics.update(phase)
     if "warmup_epoch" in metrics and "epoch" in phase:
         metrics["epoch"] = metrics["warmup_epoch"] + phase["epoch"]  # of the whole run, not of phase 2
     return model, metrics
 
 
-def train_structured(
-    model_path: str,
-    load: dict,
-    tokenizer,
-    compression: CompressionConfig,
-    args: Any,
-    data: Any,
-    settings: Any,
-    teacher: nn.Module | None,
-) -> tuple[nn.Module, dict]:
+def train_structured(run: Run) -> tuple[nn.Module, dict]:
     """A `structured_pruning` run: Fisher selection, removal and re-fit before the first step
     (`qacompress.prune.fisher_prune`, on `num_samples` training features), then `finetune_pruned`
     for the whole step budget. The pruned float model is kept in `output_dir/pruned`, so a resumed
     run does not select again."""
-    from qacompress.prune import PruneConfig, feature_batches, fisher_prune
-    from qacompress.train import total_steps
-
+    compression, args, data = run.compression, run.args, run.data
     sconfig = compression.structured_pruning
     total = total_steps(len(data.train_features), args)
     out = Path(args.output_dir)
     if not (out / PRUNED_DIR / "config.json").is_file() and args.should_save:
-        model = load_qa_model(model_path, **load)
+        model = load_qa_model(run.model_path, **run.load)
         count = min(sconfig.num_samples, len(data.train_features))
         features = data.train_features.shuffle(seed=args.seed).select(range(count))
         config = PruneConfig(
@@ -173,35 +149,22 @@ def train_structured(
             quantized_latency=compression.quantization is not None, batch_size=args.per_device_eval_batch_size,
             seed=args.seed,
         )  # fmt: skip
-        result = fisher_prune(model, feature_batches(features, tokenizer, config.batch_size), config)
+        result = fisher_prune(model, feature_batches(features, run.tokenizer, config.batch_size), config)
         freeze_zeros(result.model, result.frozen)
-        kept = result.summary["kept"]
         logger.info("after Fisher selection: %s", current_sizes(result.model))
         save_model_dir(
-            result.model, tokenizer, out / PRUNED_DIR, export_ir=False,
-            extra_state={"frozen_masks": result.frozen, "kept": kept, "report": {"pruning": result.summary}},
+            result.model, run.tokenizer, out / PRUNED_DIR, export_ir=False,
+            extra_state={FROZEN_MASKS: result.frozen, KEPT: result.summary["kept"], REPORT: {"pruning": result.summary}},
         )  # fmt: skip
     _barrier(args)
-    return finetune_pruned(model_path, load, tokenizer, compression, args, data, settings, teacher, 0, total)
+    return finetune_pruned(run, 0, total)
 
 
-def finetune_pruned(
-    model_path: str,
-    load: dict,
-    tokenizer,
-    compression: CompressionConfig,
-    args: Any,
-    data: Any,
-    settings: Any,
-    teacher: nn.Module | None,
-    before: int,
-    total: int,
-) -> tuple[nn.Module, dict]:
+def finetune_pruned(run: Run, before: int, total: int) -> tuple[nn.Module, dict]:
     """The last phase of a pruning run: load the pruned float model from `output_dir/pruned`, insert
     quantizers (when the config has them), fine-tune with distillation from step `before` to `total`
     of the run's schedule, and write the compression report."""
-    from qacompress.train import calibration_samples, fit, resolve_resume
-
+    compression, args = run.compression, run.args
     out = Path(args.output_dir)
     metrics: dict[str, Any] = {}
     model = load_qa_model(str(out / PRUNED_DIR))
@@ -213,24 +176,18 @@ def finetune_pruned(
         if resume:
             model = apply_compression_state(model, load_compression_state(resume))
         else:
-            from qacompress.quantization import quantize_model
-
-            samples = calibration_samples(data.train_features, qconfig.num_init_samples, args.seed)
+            samples = calibration_samples(run.data.train_features, qconfig.num_init_samples, args.seed)
             model = quantize_model(model, qconfig, samples, source=compression.source)
-    freeze_zeros(model, state.get("frozen_masks", {}))
+    freeze_zeros(model, state.get(FROZEN_MASKS, {}))
     if total > before:
-        trainer, phase = fit(
-            model, tokenizer, finetune_args, data, settings, teacher=teacher, resume=resume,
-            schedule_steps=(before, total),
-        )
+        trainer, phase = fit(model, run, finetune_args, resume=resume, schedule_steps=(before, total))
         trainer.save_state()
         metrics.update(phase)
         model = trainer.accelerator.unwrap_model(trainer.model)
     if args.should_save:
-        extra = state.get("report")
         compression_report(
-            lambda: load_qa_model(model_path, **load), model, tokenizer, compression, out,
-            export_ir=args.export_openvino, extra=extra,
+            lambda: load_qa_model(run.model_path, **run.load), model, run.tokenizer, compression, out,
+            export_ir=args.export_openvino, extra=state.get(REPORT),
         )
     return model, metrics
 
@@ -243,7 +200,7 @@ def save_pruned(
     freeze_zeros(model, frozen)
     kept = [{"heads": k.heads, "neurons": k.neurons} for k in keep]
     logger.info("after pruning warm-up: %s", current_sizes(model))
-    save_model_dir(model, tokenizer, directory, export_ir=False, extra_state={"frozen_masks": frozen, "kept": kept})
+    save_model_dir(model, tokenizer, directory, export_ir=False, extra_state={FROZEN_MASKS: frozen, KEPT: kept})
 
 
 def _barrier(args: Any) -> None:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from qacompress.architecture import require_layout
 from qacompress.benchmark import BenchmarkSettings, synthetic_inputs, time_calls
+from qacompress.ondisk import PRUNING_CONFIG_ATTR
 from qacompress.selection import UnitCosts
 from qacompress.structured import LayerKeep, current_sizes, prune_
 
@@ -85,7 +86,7 @@ def measure_latency_table(
     table = LatencyTable(seq_length=seq_length, quantized=quantize)
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = 1
-    config.qacompress_pruning = None
+    setattr(config, PRUNING_CONFIG_ATTR, None)
     from transformers import AutoModelForQuestionAnswering
 
     for h, n in tqdm(grid, desc="Layer latency table", disable=not progress, unit="point"):

@@ -15,6 +15,7 @@ from torch import nn
 
 from qacompress.atomic import recover
 from qacompress.errors import ModelError
+from qacompress.ondisk import MOVEMENT_SCHEDULE, PRUNING_CONFIG_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def load_qa_model(
             f"{name_or_path}: model type {config.model_type!r} ({type(config).__name__}) has no "
             "question-answering head in transformers; use an encoder such as BERT, DistilBERT, RoBERTa or MiniLM"
         )
-    pruned = getattr(config, "qacompress_pruning", None)
+    pruned = getattr(config, PRUNING_CONFIG_ATTR, None)
     try:
         if pruned:
             # Build at full size, shrink to the saved shapes, then load the saved (smaller) weights.
@@ -121,7 +122,7 @@ def load_qa_model(
         raise _explain(name_or_path, "model", exc) from None
     if restore_compression and Path(name_or_path).is_dir():
         state = load_compression_state(name_or_path)
-        if state and "movement_schedule" in state:
+        if state and MOVEMENT_SCHEDULE in state:
             raise ModelError(
                 f"{name_or_path} is a checkpoint from a JPQD pruning warm-up (masks still in training): "
                 "re-run the training command to resume it, or use the run's output_dir once it has finished"

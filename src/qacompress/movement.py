@@ -24,11 +24,10 @@ from torch import nn
 from qacompress.architecture import EncoderLayout, find_layout, require_layout
 from qacompress.config import MovementSparsityConfig, SparseStructure
 from qacompress.errors import ConfigError
+from qacompress.ondisk import MOVEMENT_ATTR
 from qacompress.scopes import matches, matches_any, module_scopes
 from qacompress.structured import LayerKeep, prune_
 
-#: Name of the submodule that holds the scores inside the model (so DDP and the optimizer see them).
-ATTR = "qacompress_movement"
 #: NNCF weighted each layer's regulariser by this factor; kept so that configs mean the same.
 LAYERWISE_LAMBDA = 0.5
 
@@ -301,7 +300,7 @@ def attach_movement_pruning(model: nn.Module, config: MovementSparsityConfig, so
         raise ConfigError("no nn.Linear layer is left to prune after ignored_scopes", file=source, key="movement_sparsity")
     device = model.get_submodule(targets[0].module_name).weight.device
     pruner = MovementPruner(config, targets, shapes, device)
-    model.add_module(ATTR, pruner)
+    model.add_module(MOVEMENT_ATTR, pruner)  # a submodule, so DDP and the optimizer see the scores
     ref = [pruner]  # in a list, so that the pruner does not become a submodule of each linear
     for t in targets:
         linear = model.get_submodule(t.module_name)
@@ -314,10 +313,10 @@ def attach_movement_pruning(model: nn.Module, config: MovementSparsityConfig, so
 
 def detach_movement_pruning(model: nn.Module) -> None:
     """Remove the scores and restore plain `nn.Linear.forward` on every target."""
-    pruner = getattr(model, ATTR, None)
+    pruner = getattr(model, MOVEMENT_ATTR, None)
     if pruner is None:
         return
     for name in pruner.targets:
         for attr in ("forward", "qacompress_pruner", "qacompress_target"):
             model.get_submodule(name).__dict__.pop(attr, None)
-    delattr(model, ATTR)
+    delattr(model, MOVEMENT_ATTR)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from qacompress.architecture import EncoderLayout, require_layout
+from qacompress.ondisk import PRUNING_CONFIG_ATTR
 
 #: Attributes that hold a self-attention module's head count, per family.
 _HEAD_COUNT_ATTRS = ("num_attention_heads", "n_heads")
@@ -116,7 +117,7 @@ def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> dict[str, torch.Tenso
 
 def record_pruning(model: nn.Module) -> None:
     """Store the per-layer sizes in `model.config` so that the saved model can be rebuilt."""
-    model.config.qacompress_pruning = {"layers": current_sizes(model)}
+    setattr(model.config, PRUNING_CONFIG_ATTR, {"layers": current_sizes(model)})
 
 
 def shrink_from_config(model: nn.Module, spec: dict) -> None:

@@ -12,37 +12,29 @@ transformers' examples.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
 from qacompress import atomic
 from qacompress.arguments import DataTrainingArguments, ModelArguments, QACompressTrainingArguments
+from qacompress.checkpoint import apply_compression_state, load_compression_state
 from qacompress.config import CompressionConfig, default_compression_config, load_compression_config
 from qacompress.data import load_examples
-from qacompress.distillation import DistillationConfig, check_teacher_tokenizer, freeze_teacher
+from qacompress.distillation import check_hidden_sizes, check_teacher_tokenizer, freeze_teacher
 from qacompress.errors import QACompressError
-from qacompress.evaluation import DecodeSettings
+from qacompress.evaluation import DecodeSettings, score_model_dir
 from qacompress.export import save_model_dir
-from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features, prepare_train_features
-from qacompress.models import default_model_path, load_qa_model, load_tokenizer
+from qacompress.features import prepare_eval_features, prepare_train_features
+from qacompress.jpqd import train_jpqd, train_structured
+from qacompress.models import default_model_path, load_config, load_qa_model, load_tokenizer
+from qacompress.ondisk import PRUNED_DIR
+from qacompress.phases import Data, Run, calibration_samples, fit, last_complete_checkpoint, resolve_resume
+from qacompress.quantization import is_quantized, quantize_model
 
 logger = logging.getLogger(__name__)
-
-@dataclass
-class Data:
-    """Examples and features of one run (None where the split is not used)."""
-
-    train_features: Any = None
-    eval_examples: Any = None
-    eval_features: Any = None
-    collator: Any = default_data_collator
-    max_seq_length: int = 384
 
 
 # ---- set-up -------------------------------------------------------------------------------------------
@@ -59,26 +51,11 @@ def resolve_compression(args: QACompressTrainingArguments) -> CompressionConfig 
     return config
 
 
-def last_complete_checkpoint(directory: str | Path) -> str | None:
-    """The newest `checkpoint-N` whose save finished (trainer_state.json is written last)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    found = []
-    for path in directory.glob("checkpoint-*"):
-        suffix = path.name.split("-", 1)[1]
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
-            found.append((int(suffix), path))
-    return str(max(found)[1]) if found else None
-
-
 def check_output_dir(args: QACompressTrainingArguments) -> None:
     """Refuse to train into a non-empty output_dir that holds nothing to resume (as run_qa did)."""
     out = Path(args.output_dir)
     if not args.do_train or not out.is_dir() or args.overwrite_output_dir or args.resume_from_checkpoint:
         return
-    from qacompress.jpqd import PRUNED_DIR
-
     resumable = last_complete_checkpoint(out) or (out / PRUNED_DIR).is_dir()
     if not resumable and any(out.iterdir()):
         raise QACompressError(
@@ -155,72 +132,6 @@ def load_test_data(data_args: DataTrainingArguments, args: QACompressTrainingArg
     return examples, features
 
 
-def calibration_samples(features: Any, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """`count` training features (batch 1 each), the same on every process of a distributed run."""
-    order = np.random.default_rng(seed).permutation(len(features))[:count]
-    columns = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
-    rows = features.select(order.tolist())
-    return [{c: torch.tensor([row[c]]) for c in columns} for row in rows]
-
-
-def steps_per_epoch(num_features: int, args: QACompressTrainingArguments) -> int:
-    """Optimizer steps per epoch, as the Trainer will count them (per process, after accumulation)."""
-    per_process = math.ceil(num_features / max(args.world_size, 1))
-    batch = args.train_batch_size  # per_device_train_batch_size x GPUs of this process (DataParallel)
-    batches = per_process // batch if args.dataloader_drop_last else math.ceil(per_process / batch)
-    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
-
-
-def total_steps(num_features: int, args: QACompressTrainingArguments) -> int:
-    """Optimizer steps of the whole run: `--max_steps`, else `--num_train_epochs` real epochs."""
-    if args.max_steps and args.max_steps > 0:
-        return args.max_steps
-    return math.ceil(steps_per_epoch(num_features, args) * args.num_train_epochs)
-
-
-def model_inputs(features: Any, with_labels: bool) -> Any:
-    keep = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
-    if with_labels:
-        keep += ["start_positions", "end_positions"]
-    return features.select_columns(keep)
-
-
-# ---- one training phase -----------------------------------------------------------------------------
-def fit(
-    model: torch.nn.Module,
-    tokenizer,
-    args: QACompressTrainingArguments,
-    data: Data,
-    settings: DecodeSettings,
-    *,
-    teacher: torch.nn.Module | None = None,
-    resume: str | None = None,
-    schedule_steps: tuple[int, int] | None = None,
-    callbacks: list | None = None,
-):
-    """Train `model` with one `QACompressTrainer`; returns the trainer and its TrainOutput metrics."""
-    from qacompress.trainer import QACompressTrainer
-
-    trainer = QACompressTrainer(
-        model=model,
-        args=args,
-        train_dataset=model_inputs(data.train_features, True) if data.train_features is not None else None,
-        eval_dataset=data.eval_features,  # scored with eval_examples at every evaluation (trainer.evaluate)
-        eval_examples=data.eval_examples,
-        decode_settings=settings,
-        processing_class=tokenizer,
-        data_collator=data.collator,
-        teacher=teacher,
-        distillation=DistillationConfig(
-            args.distillation_weight, args.distillation_temperature, args.hidden_distillation_weight
-        ),
-        schedule_steps=schedule_steps,
-        callbacks=callbacks,
-    )
-    result = trainer.train(resume_from_checkpoint=resume)
-    return trainer, dict(result.metrics)
-
-
 # ---- the job -----------------------------------------------------------------------------------------
 def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args: QACompressTrainingArguments) -> dict:
     """Fine-tune (with compression), evaluate and export; returns all metrics."""
@@ -234,32 +145,22 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
     compression = resolve_compression(args)
     teacher = load_teacher(model_args, tokenizer)
     if teacher is not None and args.hidden_distillation_weight > 0:
-        from qacompress.distillation import check_hidden_sizes
-        from qacompress.models import load_config
-
         check_hidden_sizes(load_config(model_path), teacher.config, model_args.teacher_model_name_or_path)
     data = load_data(data_args, args, tokenizer)
     settings = DecodeSettings.from_args(data_args)
     load = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision)
     if model_args.config_name:
-        from qacompress.models import load_config
-
         load["config"] = load_config(model_args.config_name, cache_dir=model_args.cache_dir)
 
     metrics: dict[str, Any] = {}
     if args.do_train:
+        run = Run(model_path, load, tokenizer, compression, args, data, settings, teacher)
         if compression is not None and compression.movement_sparsity is not None:
-            from qacompress.jpqd import train_jpqd
-
-            model, train_metrics = train_jpqd(model_path, load, tokenizer, compression, args, data, settings, teacher)
+            model, train_metrics = train_jpqd(run)
         elif compression is not None and compression.structured_pruning is not None:
-            from qacompress.jpqd import train_structured
-
-            model, train_metrics = train_structured(
-                model_path, load, tokenizer, compression, args, data, settings, teacher
-            )
+            model, train_metrics = train_structured(run)
         else:
-            model, train_metrics = train_single_phase(model_path, load, tokenizer, compression, args, data, settings, teacher)
+            model, train_metrics = train_single_phase(run)
         train_metrics["train_samples"] = len(data.train_features)
         metrics.update(train_metrics)
         if args.should_save:
@@ -293,52 +194,25 @@ def load_teacher(model_args: ModelArguments, tokenizer) -> torch.nn.Module | Non
     return freeze_teacher(load_qa_model(name, cache_dir=model_args.cache_dir))
 
 
-def train_single_phase(
-    model_path: str,
-    load: dict,
-    tokenizer,
-    compression: CompressionConfig | None,
-    args: QACompressTrainingArguments,
-    data: Data,
-    settings: DecodeSettings,
-    teacher: torch.nn.Module | None,
-) -> tuple[torch.nn.Module, dict]:
+def train_single_phase(run: Run) -> tuple[torch.nn.Module, dict]:
     """FP32 fine-tuning, or QAT when the compression has a quantization section."""
-    from qacompress.checkpoint import apply_compression_state, load_compression_state
-    from qacompress.quantization import is_quantized, quantize_model
-
+    args = run.args
     resume = resolve_resume(args, Path(args.output_dir))
-    model = load_qa_model(model_path, **load)
-    qconfig = compression.quantization if compression is not None else None
+    model = load_qa_model(run.model_path, **run.load)
+    qconfig = run.compression.quantization if run.compression is not None else None
     if qconfig is not None and not is_quantized(model):
         if resume:
             model = apply_compression_state(model, load_compression_state(resume))
         else:
-            samples = calibration_samples(data.train_features, qconfig.num_init_samples, args.seed)
-            model = quantize_model(model, qconfig, samples, source=compression.source)
-    trainer, train_metrics = fit(model, tokenizer, args, data, settings, teacher=teacher, resume=resume)
+            samples = calibration_samples(run.data.train_features, qconfig.num_init_samples, args.seed)
+            model = quantize_model(model, qconfig, samples, source=run.compression.source)
+    trainer, train_metrics = fit(model, run, args, resume=resume)
     trainer.save_state()
     return trainer.accelerator.unwrap_model(trainer.model), train_metrics
 
 
-def resolve_resume(args: QACompressTrainingArguments, directory: Path) -> str | None:
-    """The checkpoint to resume from: the one asked for, else the newest complete one (as run_qa)."""
-    if args.resume_from_checkpoint:
-        if not Path(args.resume_from_checkpoint).is_dir():
-            raise QACompressError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such directory")
-        return args.resume_from_checkpoint
-    if args.overwrite_output_dir:
-        return None
-    found = last_complete_checkpoint(directory)
-    if found:
-        logger.info("resuming from %s (pass --overwrite_output_dir to start afresh)", found)
-    return found
-
-
 def score_split(model, tokenizer, args: QACompressTrainingArguments, examples, features, settings, prefix: str) -> dict:
     """SQuAD metrics of the torch model and its exported IR (`evaluation.score_model_dir`)."""
-    from qacompress.evaluation import score_model_dir
-
     return score_model_dir(
         model, args.output_dir, examples, features, settings, prefix=prefix, with_ir=args.export_openvino,
         precision=args.inference_precision, batch_size=args.per_device_eval_batch_size,

@@ -36,7 +36,8 @@ from transformers.trainer_utils import speed_metrics
 from qacompress.checkpoint import load_compression_state, load_compression_tensors, save_compressed
 from qacompress.distillation import DistillationConfig, distillation_loss, hidden_distillation_loss
 from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed
-from qacompress.movement import ATTR, MovementPruner
+from qacompress.movement import MovementPruner
+from qacompress.ondisk import MOVEMENT_ATTR, MOVEMENT_SCHEDULE
 from qacompress.runtime import TorchQAModel
 
 LABELS = ("start_positions", "end_positions")
@@ -71,7 +72,7 @@ class QACompressTrainer(Trainer):
 
     @property
     def pruner(self) -> MovementPruner | None:
-        return getattr(self.accelerator.unwrap_model(self.model), ATTR, None)
+        return getattr(self.accelerator.unwrap_model(self.model), MOVEMENT_ATTR, None)
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -177,15 +178,19 @@ class QACompressTrainer(Trainer):
         return scheduler
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save weights with `save_pretrained` and compression state beside them (main process only)."""
+        """Save weights with `save_pretrained` and compression state beside them.
+
+        The weights come from the accelerator's state dict, which gathers whole tensors under sharded
+        strategies (FSDP, DeepSpeed ZeRO-3): every process takes part in that, the main one writes."""
+        state_dict = self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model)
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         pruner = self.pruner
-        extra = {"movement_schedule": pruner.schedule_state()} if pruner is not None else None
-        save_compressed(model, output_dir, extra_state=extra)
+        extra = {MOVEMENT_SCHEDULE: pruner.schedule_state()} if pruner is not None else None
+        save_compressed(model, output_dir, extra_state=extra, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
