@@ -19,9 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS, SQUAD, write_results  # noqa: E402
 
-from qacompress.data import load_examples  # noqa: E402
-from qacompress.evaluation import DecodeSettings, evaluate_runner  # noqa: E402
-from qacompress.features import prepare_eval_features  # noqa: E402
+from qacompress.evaluation import DecodeSettings, eval_data, evaluate_runner  # noqa: E402
 from qacompress.models import load_qa_model, load_tokenizer  # noqa: E402
 from qacompress.runtime import OpenVINOQAModel, TorchQAModel  # noqa: E402
 
@@ -35,7 +33,6 @@ def f1_of(runner, examples, features, pad_id: int) -> float:
 
 
 def main() -> int:
-    examples = load_examples(str(SQUAD / "dev.json"), split="validation")
     rows, data = [], {}
     for name in ("minilm-qat", "minilm-jpqd"):
         directory = RUNS / name
@@ -43,7 +40,7 @@ def main() -> int:
             print(f"skipping {name}: not trained", file=sys.stderr)
             continue
         tokenizer = load_tokenizer(str(directory))
-        features = prepare_eval_features(examples, tokenizer, max_seq_length=256, doc_stride=128, pad_to_max_length=False, load_from_cache_file=False)
+        examples, features = eval_data(SQUAD / "dev.json", tokenizer, max_seq_length=256, doc_stride=128, pad_to_max_length=False)
         pad_id = tokenizer.pad_token_id or 0
         model = load_qa_model(str(directory))
         runner = TorchQAModel(model)  # the jitter hooks below act on this same model

@@ -158,17 +158,13 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
 
 def _accuracy(path: str, runner, validation: dict) -> tuple[dict[str, float], object]:
     """EM/F1 (and timings) on the validation file; also returns its features for `real_length_latency`."""
-    from qacompress.data import load_examples
-    from qacompress.evaluation import DecodeSettings, evaluate_runner
-    from qacompress.features import prepare_eval_features
+    from qacompress.evaluation import DecodeSettings, eval_data, evaluate_runner
     from qacompress.models import load_tokenizer
 
-    tokenizer = load_tokenizer(path)
-    examples = load_examples(validation["file"], split="validation", max_samples=validation.get("max_samples"))
-    features = prepare_eval_features(
-        examples, tokenizer, max_seq_length=validation["max_seq_length"], doc_stride=validation["doc_stride"],
-        pad_to_max_length=False,
-    )
+    examples, features = eval_data(
+        validation["file"], load_tokenizer(path), max_seq_length=validation["max_seq_length"],
+        doc_stride=validation["doc_stride"], max_samples=validation.get("max_samples"), pad_to_max_length=False,
+    )  # fmt: skip
     _, metrics = evaluate_runner(runner, examples, features, DecodeSettings(), progress=False)
     return {k: metrics[k] for k in ("exact_match", "f1", "model_runtime", "postprocess_runtime")}, features
 

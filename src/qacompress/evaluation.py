@@ -169,6 +169,35 @@ def score_model_dir(
     return metrics
 
 
+def eval_data(
+    data: str | Path | Any,
+    tokenizer: Any,
+    *,
+    max_seq_length: int = 384,
+    doc_stride: int = 128,
+    max_samples: int | None = None,
+    version_2_with_negative: bool = False,
+    pad_to_max_length: bool = True,
+) -> tuple[Any, Any]:
+    """(examples, features) to evaluate on: `data` is a file (json/jsonl/csv), a `datasets` Hub name, or
+    examples as `qacompress.data.load_examples` returns them. Features are padded to `max_seq_length`
+    as run_qa's evaluation does, or left at their real length for batches to pad (`pad_to_max_length=False`)."""
+    import datasets
+
+    from qacompress.data import load_examples
+    from qacompress.features import prepare_eval_features
+
+    if isinstance(data, datasets.Dataset):
+        examples = data.select(range(min(max_samples, len(data)))) if max_samples else data
+    else:
+        examples = load_examples(str(data), split="validation", max_samples=max_samples,
+                                 version_2_with_negative=version_2_with_negative)  # fmt: skip
+    features = prepare_eval_features(
+        examples, tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride, pad_to_max_length=pad_to_max_length
+    )
+    return examples, features
+
+
 def evaluate(
     model: str | Path | Any,
     data: str | Path | Any,
@@ -191,11 +220,7 @@ def evaluate(
     Hub name, or examples as `qacompress.data.load_examples` returns them. With `output_dir`, the
     predictions and `eval_results.json` are written there, as `qacompress evaluate` does.
     """
-    import datasets
-
-    from qacompress.data import load_examples
     from qacompress.errors import ModelError
-    from qacompress.features import prepare_eval_features
     from qacompress.models import load_tokenizer
     from qacompress.runtime import TorchQAModel, load_runner
 
@@ -207,12 +232,10 @@ def evaluate(
         raise ModelError("evaluate(model, ...) with a model in memory needs its tokenizer=")
     else:
         runner = TorchQAModel(model)
-    if isinstance(data, datasets.Dataset):
-        examples = data.select(range(min(max_samples, len(data)))) if max_samples else data
-    else:
-        examples = load_examples(str(data), split="validation", max_samples=max_samples,
-                                 version_2_with_negative=settings.version_2_with_negative)  # fmt: skip
-    features = prepare_eval_features(examples, tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride)
+    examples, features = eval_data(
+        data, tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride, max_samples=max_samples,
+        version_2_with_negative=settings.version_2_with_negative,
+    )  # fmt: skip
     predictions, metrics = evaluate_runner(
         runner, examples, features, settings, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id or 0,
         progress=progress,

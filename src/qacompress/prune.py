@@ -30,10 +30,17 @@ from torch import nn
 
 from qacompress import atomic
 from qacompress.architecture import require_layout
+from qacompress.atomic import staged_files
+from qacompress.config import CompressionConfig
+from qacompress.data import load_examples
 from qacompress.errors import DataError, QACompressError
-from qacompress.features import MODEL_INPUT_NAMES
+from qacompress.evaluation import DecodeSettings, eval_data, score_model_dir
+from qacompress.export import export_openvino, quantize_ir, save_model_dir
+from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features
 from qacompress.fisher import fisher_importance
+from qacompress.models import IR_FILE, load_qa_model, load_tokenizer
 from qacompress.refit import refit_
+from qacompress.report import compression_report
 from qacompress.selection import Selection, encoder_macs, mac_costs, select_structure
 from qacompress.structured import current_sizes, prune_
 
@@ -183,13 +190,6 @@ class PruneArguments:
 
 def run_prune(args: PruneArguments, data_args: Any) -> dict[str, Any]:
     """Prune, export and (with --validation_file) evaluate; returns the metrics."""
-    from qacompress.data import load_examples
-    from qacompress.evaluation import DecodeSettings, score_model_dir
-    from qacompress.export import save_model_dir
-    from qacompress.features import prepare_eval_features
-    from qacompress.models import load_qa_model, load_tokenizer
-    from qacompress.report import compression_report
-
     started = time.perf_counter()
     config = PruneConfig(
         target_macs=args.target_macs, target_latency=args.target_latency, seq_length=data_args.max_seq_length,
@@ -230,9 +230,6 @@ def run_prune(args: PruneArguments, data_args: Any) -> dict[str, Any]:
         write_int8_ir(pruned, tokenizer, features, args.quantization_samples, out)
     summary["timings"]["export_s"] = round(time.perf_counter() - t0, 2)
     summary["quantized"] = args.quantize
-    from qacompress.config import CompressionConfig
-    from qacompress.models import IR_FILE
-
     # The report's before/after IR sizes would cost two more exports; the output's own IR is what counts.
     ir = out / IR_FILE
     summary["ir_bytes"] = ir.stat().st_size + ir.with_suffix(".bin").stat().st_size
@@ -248,10 +245,9 @@ def run_prune(args: PruneArguments, data_args: Any) -> dict[str, Any]:
     }
     eval_source = data_args.validation_file
     if eval_source:
-        eval_examples = load_examples(eval_source, split="validation", max_samples=data_args.max_eval_samples,
-                                      version_2_with_negative=data_args.version_2_with_negative)  # fmt: skip
-        eval_features = prepare_eval_features(
-            eval_examples, tokenizer, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
+        eval_examples, eval_features = eval_data(
+            eval_source, tokenizer, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
+            max_samples=data_args.max_eval_samples, version_2_with_negative=data_args.version_2_with_negative,
             pad_to_max_length=False,
         )  # fmt: skip
         settings = DecodeSettings.from_args(data_args)
@@ -267,10 +263,6 @@ def write_int8_ir(model: nn.Module, tokenizer, features: Any, count: int, direct
     """Export `model` to an FP32 IR, quantize it to INT8 with `count` calibration features, and put
     it into `directory` (beside the float torch model)."""
     import openvino as ov
-
-    from qacompress.atomic import staged_files
-    from qacompress.export import export_openvino, quantize_ir
-    from qacompress.models import IR_FILE
 
     columns = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
     rows = features.select_columns(columns).select(range(min(count, len(features))))
