@@ -15,7 +15,7 @@ from qacompress.architecture import require_layout
 from qacompress.config import MovementSparsityConfig, parse_compression_config
 from qacompress.errors import ConfigError
 from qacompress.models import load_qa_model
-from qacompress.movement import attach_movement_pruning, detach_movement_pruning
+from qacompress.movement import MaskedLinear, attach_movement_pruning, detach_movement_pruning
 from qacompress.ondisk import MOVEMENT_ATTR
 
 HEAD_SIZE = 8  # tiny models: hidden 32, 4 heads
@@ -304,8 +304,10 @@ def test_attach_selects_the_encoder_linears_with_the_configured_modes(bert):
             assert pruner.scores[t.key].shape == (1, 64)
     # Score parameters are part of the model (so the optimizer and checkpoints see them).
     params = dict(bert.named_parameters())
-    score_names = {n for n in params if n.startswith(MOVEMENT_ATTR + ".")}
+    score_names = {n for n in params if n.endswith((".weight_score", ".bias_score"))}
     assert len(score_names) == 12 + 10  # weight scores + bias scores (none for per-column BertOutput)
+    assert {n.rsplit(".", 1)[0] for n in score_names} == bert_linears()  # each in its MaskedLinear
+    assert all(isinstance(bert.get_submodule(n), MaskedLinear) for n in bert_linears())
     for n, p in before.items():
         assert torch.equal(params[n], p)
 
@@ -317,9 +319,40 @@ def test_attach_selects_the_encoder_linears_with_the_configured_modes(bert):
         assert not torch.allclose(bert(input_ids=ids).start_logits, plain_logits)
     detach_movement_pruning(bert)
     assert not hasattr(bert, MOVEMENT_ATTR)
-    assert not any(n.startswith(MOVEMENT_ATTR) for n, _ in bert.named_parameters())
+    assert not any(n.endswith("_score") for n, _ in bert.named_parameters())
+    assert not any(isinstance(m, MaskedLinear) for m in bert.modules())
     with torch.no_grad():
         torch.testing.assert_close(bert(input_ids=ids).start_logits, plain_logits)
+
+
+def test_masked_linears_are_modules_that_copies_and_replicas_carry(bert):
+    """Each masked linear owns its scores, so a deep copy (and, by the same token, a DataParallel
+    replica on another device) masks with its own scores and threshold, never the original's; the
+    swap back to `nn.Linear` keeps the very weight parameters (the optimizer's references stay valid)."""
+    import copy
+
+    ids = torch.tensor([[101, 2054, 2003, 1996, 3437, 102, 1996, 3437, 2003, 2182, 102]])
+    bert.eval()
+    pruner = attach_movement_pruning(bert, seed_like())
+    assert "MaskedLinear(in_features=32, out_features=32, bias=True, factors=(8, 8), prune_bias=True)" in repr(bert)
+    twin = copy.deepcopy(bert)
+    twin_pruner = getattr(twin, MOVEMENT_ATTR)
+    assert all(twin_pruner.linears[n] is twin.get_submodule(n) for n in bert_linears())
+    with torch.no_grad():
+        before = bert(input_ids=ids).start_logits
+        twin_pruner.threshold = 0.0  # all scores are 0: the copy masks everything ...
+        assert not torch.allclose(twin(input_ids=ids).start_logits, before)
+        torch.testing.assert_close(bert(input_ids=ids).start_logits, before)  # ... the original nothing
+        for p in twin_pruner.scores.values():
+            p.fill_(1.0)  # the copy's own scores bring its weights back
+        torch.testing.assert_close(twin(input_ids=ids).start_logits, before)
+        assert all((p == 0).all() for p in pruner.scores.values())
+
+    query = bert.get_submodule(QUERY0)
+    weight, bias = query.weight, query.bias
+    detach_movement_pruning(bert)
+    plain = bert.get_submodule(QUERY0)
+    assert type(plain) is torch.nn.Linear and plain.weight is weight and plain.bias is bias
 
 
 def test_attach_works_on_distilbert_through_bert_aliases(tiny_distilbert_dir):

@@ -18,11 +18,15 @@ import torch
 from torch import nn
 
 from qacompress.errors import ModelError
-from qacompress.ondisk import MOVEMENT_ATTR, QUANTIZER_LAYOUT, STATE_FILE
+from qacompress.ondisk import BIAS_SCORE, NNCF_HOOKS, QUANTIZER_LAYOUT, STATE_FILE, WEIGHT_SCORE
 
 FORMAT_VERSION = 1
-#: State-dict prefixes of modules that compression adds to a model (NNCF hooks, movement scores).
-COMPRESSION_PREFIXES = ("__nncf_hooks.", f"{MOVEMENT_ATTR}.")
+
+
+def is_compression_key(key: str) -> bool:
+    """Whether a state-dict entry belongs to compression (NNCF's quantizer hooks, movement scores)
+    rather than to the model that `from_pretrained` builds."""
+    return key.startswith(NNCF_HOOKS) or key.endswith((f".{WEIGHT_SCORE}", f".{BIAS_SCORE}"))
 
 
 def split_state_dict(
@@ -32,7 +36,7 @@ def split_state_dict(
     is what `from_pretrained` can load."""
     plain, compression = {}, {}
     for key, value in (model.state_dict() if state_dict is None else state_dict).items():
-        (compression if key.startswith(COMPRESSION_PREFIXES) else plain)[key] = value
+        (compression if is_compression_key(key) else plain)[key] = value
     return plain, compression
 
 
@@ -96,7 +100,7 @@ def load_compression_tensors(model: nn.Module, state: dict[str, Any]) -> None:
     """Load the compression tensors of `state` into a model that already carries the same modules
     (e.g. the best checkpoint's quantizer scales into the model that trained them)."""
     missing, unexpected = model.load_state_dict(state.get("tensors", {}), strict=False)
-    missing = [k for k in missing if k.startswith(COMPRESSION_PREFIXES)]
+    missing = [k for k in missing if is_compression_key(k)]
     if missing or unexpected:
         raise ModelError(
             f"compression state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"

@@ -1,9 +1,9 @@
 """Movement pruning with learned importance scores (Sanh et al. 2020), by blocks, rows or columns
 (Lagunas et al. 2021), configured and scheduled as NNCF 2's `movement_sparsity` was.
 
-Each targeted `nn.Linear` gets an importance score per unit (a weight, a block of `sparse_factors`, a
-row or a column). The forward pass uses `W * mask`, with `mask = score > threshold` and a
-straight-through gradient, so a score grows while its weights move away from zero and shrinks while
+Each targeted `nn.Linear` becomes a `MaskedLinear` with an importance score per unit (a weight, a block
+of `sparse_factors`, a row or a column). Its forward pass uses `W * mask`, with `mask = score > threshold`
+and a straight-through gradient, so a score grows while its weights move away from zero and shrinks while
 they move towards it. A regulariser on `sigmoid(score)` pushes scores down; both it and the threshold
 rise on a concave polynomial schedule through the warm-up epochs. At the end of warm-up
 `resolve_structure` turns the masks into whole attention heads and FFN neurons: a head survives if any
@@ -14,7 +14,6 @@ weights inside surviving units are restored ("rewound", as NNCF did), ready for 
 from __future__ import annotations
 
 import math
-import types
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +36,7 @@ class Target:
     """One pruned linear: where its scores live and how a score expands to weights."""
 
     module_name: str
-    key: str  # ParameterDict key (dots are not allowed there)
+    key: str  # the module name without dots (the key of `MovementPruner.scores`)
     mode: str
     factors: tuple[int, int]  # weights per score along (rows, columns)
     prune_bias: bool
@@ -61,61 +60,125 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-class MovementPruner(nn.Module):
-    """Importance scores, masks, schedule and regulariser for the targeted linears of one model."""
+def _expand(small: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+    """One score per unit -> one value per weight (a unit is `factors` rows x columns)."""
+    r, c = factors
+    if r > 1:
+        small = small.repeat_interleave(r, dim=0)
+    if c > 1 and small.dim() == 2:
+        small = small.repeat_interleave(c, dim=1)
+    return small
 
-    def __init__(
-        self,
-        config: MovementSparsityConfig,
-        targets: list[Target],
-        shapes: dict[str, tuple[int, int]],
-        device: torch.device | None = None,
-    ):
-        """Scores start at zero on `device` (the model's), in float32 whatever the model's dtype."""
+
+class MaskedLinear(nn.Linear):
+    """An `nn.Linear` that computes with `W * mask` (and `b * bias_mask`), `mask = score > threshold`
+    with a straight-through gradient; one score per unit of `factors` weights.
+
+    A real module (after nn_pruning's `MaskedLinear`): it owns its scores, so `copy.deepcopy`,
+    DataParallel/DDP replicas (each on its own device) and `print(model)` see it. `from_linear` and
+    `to_linear` swap it in and out around the same weight and bias parameters, so the optimizer and
+    the weights are untouched. The threshold is set by the `MovementPruner` at every step.
+    """
+
+    def __init__(self, in_features: int, out_features: int, factors: tuple[int, int], prune_bias: bool,
+                 bias: bool = True, device=None, dtype=None) -> None:  # fmt: skip
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.factors = tuple(factors)
+        self.threshold = -math.inf
+        # Scores stay float32 whatever the weights' dtype: they accumulate small updates.
+        rows, cols = out_features // self.factors[0], in_features // self.factors[1]
+        self.weight_score = nn.Parameter(torch.zeros(rows, cols, device=device))
+        self.bias_score = nn.Parameter(torch.zeros(rows, device=device)) if prune_bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, factors: tuple[int, int], prune_bias: bool) -> MaskedLinear:
+        """A masked twin of `linear` around its own weight and bias parameters (scores start at 0)."""
+        masked = cls(linear.in_features, linear.out_features, factors, prune_bias, bias=linear.bias is not None,
+                     device="meta")  # fmt: skip
+        masked.weight, masked.bias = linear.weight, linear.bias
+        device = linear.weight.device
+        masked.weight_score = nn.Parameter(torch.zeros_like(masked.weight_score, device=device))
+        if masked.bias_score is not None:
+            masked.bias_score = nn.Parameter(torch.zeros_like(masked.bias_score, device=device))
+        return masked
+
+    def to_linear(self) -> nn.Linear:
+        """The plain `nn.Linear` around the same weight and bias (scores dropped, no mask applied)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear
+
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias masks at the current threshold (straight-through gradient to the scores)."""
+        weight = _expand(_StraightThrough.apply(self.weight_score, self.threshold), self.factors)
+        bias = None
+        if self.bias_score is not None:
+            bias = _expand(_StraightThrough.apply(self.bias_score, self.threshold), self.factors)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight_mask, bias_mask = self.masks()
+        bias = self.bias if bias_mask is None or self.bias is None else self.bias * bias_mask.to(self.bias.dtype)
+        return F.linear(x, self.weight * weight_mask.to(self.weight.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, factors={self.factors}, prune_bias={self.bias_score is not None}"
+
+
+class MovementPruner(nn.Module):
+    """Schedule, regulariser and structure resolution for the `MaskedLinear` targets of one model.
+
+    Registered in the model (`qacompress_movement`) so that the trainer finds it; it holds no
+    parameters itself: each target's scores live in its `MaskedLinear`.
+    """
+
+    def __init__(self, config: MovementSparsityConfig, targets: list[Target], linears: dict[str, MaskedLinear]):
         super().__init__()
         self.config = config
         self.targets = {t.module_name: t for t in targets}
-        self.scores = nn.ParameterDict()
-        self.bias_scores = nn.ParameterDict()
-        for t in targets:
-            rows, cols = shapes[t.module_name]
-            self.scores[t.key] = nn.Parameter(torch.zeros(rows // t.factors[0], cols // t.factors[1], device=device))
-            if t.prune_bias:
-                self.bias_scores[t.key] = nn.Parameter(torch.zeros(rows // t.factors[0], device=device))
-        self.threshold = -math.inf
+        self.linears = dict(linears)  # a plain dict: the modules belong to the model, not to the pruner
+        self._threshold = -math.inf
         self.regularization_factor = 0.0
         self.init_threshold = config.init_importance_threshold
         self.steps_per_epoch = config.steps_per_epoch
         self.step = 0
 
-    # ---- masks -------------------------------------------------------------------------------------
-    def _expand(self, target: Target, small: torch.Tensor) -> torch.Tensor:
-        r, c = target.factors
-        if r > 1:
-            small = small.repeat_interleave(r, dim=0)
-        if c > 1 and small.dim() == 2:
-            small = small.repeat_interleave(c, dim=1)
-        return small
+    @property
+    def threshold(self) -> float:
+        return self._threshold
 
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = value
+        for linear in self.linears.values():
+            linear.threshold = value
+
+    @property
+    def scores(self) -> dict[str, nn.Parameter]:
+        """Weight scores by target key."""
+        return {t.key: self.linears[name].weight_score for name, t in self.targets.items()}
+
+    @property
+    def bias_scores(self) -> dict[str, nn.Parameter]:
+        """Bias scores by target key, for targets that prune biases."""
+        return {t.key: self.linears[name].bias_score for name, t in self.targets.items() if t.prune_bias}
+
+    # ---- masks -------------------------------------------------------------------------------------
     def masks(self, module_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias masks of one linear at the current threshold (straight-through gradient)."""
-        t = self.targets[module_name]
-        weight = self._expand(t, _StraightThrough.apply(self.scores[t.key], self.threshold))
-        bias = None
-        if t.prune_bias:
-            bias = self._expand(t, _StraightThrough.apply(self.bias_scores[t.key], self.threshold))
-        return weight, bias
+        return self.linears[module_name].masks()
 
     def regularization(self) -> torch.Tensor:
         """Mean over layers of NNCF's per-layer L1 of sigmoid(scores), times the scheduled factor."""
-        device = next(iter(self.scores.values())).device
+        device = next(iter(self.linears.values())).weight_score.device
         if self.regularization_factor == 0.0:
             return torch.zeros((), device=device)
         losses = []
         for t in self.targets.values():
-            loss = torch.sigmoid(self.scores[t.key]).mean() * math.prod(t.factors)
+            linear = self.linears[t.module_name]
+            loss = torch.sigmoid(linear.weight_score).mean() * math.prod(t.factors)
             if t.prune_bias:
-                loss = loss + torch.sigmoid(self.bias_scores[t.key]).mean() * t.factors[0]
+                loss = loss + torch.sigmoid(linear.bias_score).mean() * t.factors[0]
             losses.append(loss * LAYERWISE_LAMBDA)
         return torch.stack(losses).mean() * self.regularization_factor
 
@@ -146,9 +209,10 @@ class MovementPruner(nn.Module):
         """The score below which ~0.1% of weights fall, so warm-up starts almost dense (NNCF's rule)."""
         values = []
         for t in self.targets.values():
-            values.append(self._expand(t, self.scores[t.key].detach()).flatten().cpu())
+            linear = self.linears[t.module_name]
+            values.append(_expand(linear.weight_score.detach(), t.factors).flatten().cpu())
             if t.prune_bias:
-                values.append(self._expand(t, self.bias_scores[t.key].detach()).flatten().cpu())
+                values.append(_expand(linear.bias_score.detach(), t.factors).flatten().cpu())
         flat = torch.cat(values)
         k = min(flat.numel(), int(flat.numel() * target_sparsity) + 1)
         return float(flat.kthvalue(k).values)
@@ -239,13 +303,6 @@ class MovementPruner(nn.Module):
         return alive.view(size // unit, unit).any(dim=1).cpu()
 
 
-def _masked_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`nn.Linear.forward` with the pruner's current masks applied to weight and bias."""
-    weight_mask, bias_mask = self.qacompress_pruner[0].masks(self.qacompress_target)
-    bias = self.bias if bias_mask is None or self.bias is None else self.bias * bias_mask.to(self.bias.dtype)
-    return F.linear(x, self.weight * weight_mask.to(self.weight.dtype), bias)
-
-
 def _structure_for(scopes: tuple[str, ...], config: MovementSparsityConfig) -> SparseStructure | None:
     for structure in config.sparse_structure_by_scopes:
         if any(matches(s, structure.target_scopes) for s in scopes):
@@ -254,7 +311,7 @@ def _structure_for(scopes: tuple[str, ...], config: MovementSparsityConfig) -> S
 
 
 def attach_movement_pruning(model: nn.Module, config: MovementSparsityConfig, source: str = "config") -> MovementPruner:
-    """Give every targeted linear of `model` importance scores and a masked forward; returns the pruner.
+    """Swap every targeted linear of `model` for a `MaskedLinear` (scores at 0); returns the pruner.
 
     Targets are the `nn.Linear` layers not matched by `ignored_scopes`; each takes the first
     `sparse_structure_by_scopes` entry whose `target_scopes` match it, else fine-grained scores (NNCF's
@@ -274,7 +331,7 @@ def attach_movement_pruning(model: nn.Module, config: MovementSparsityConfig, so
                     file=source,
                     key=key,
                 )
-    targets, shapes = [], {}
+    targets = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or matches_any(scopes[name], config.ignored_scopes):
             continue
@@ -295,28 +352,23 @@ def attach_movement_pruning(model: nn.Module, config: MovementSparsityConfig, so
             mode, factors = "per_dim", ((1, cols) if structure.axis == 0 else (rows, 1))
         prune_bias = module.bias is not None and factors[0] < rows  # a bias entry per row group
         targets.append(Target(name, name.replace(".", "__"), mode, tuple(factors), prune_bias))
-        shapes[name] = (rows, cols)
     if not targets:
         raise ConfigError("no nn.Linear layer is left to prune after ignored_scopes", file=source, key="movement_sparsity")
-    device = model.get_submodule(targets[0].module_name).weight.device
-    pruner = MovementPruner(config, targets, shapes, device)
-    model.add_module(MOVEMENT_ATTR, pruner)  # a submodule, so DDP and the optimizer see the scores
-    ref = [pruner]  # in a list, so that the pruner does not become a submodule of each linear
+    linears = {}
     for t in targets:
-        linear = model.get_submodule(t.module_name)
-        # Instance attributes and a bound method (not a closure): `copy.deepcopy` of the model then
-        # re-binds the copy's linears to the copy's pruner.
-        linear.qacompress_pruner, linear.qacompress_target = ref, t.module_name
-        linear.forward = types.MethodType(_masked_forward, linear)
+        masked = MaskedLinear.from_linear(model.get_submodule(t.module_name), t.factors, t.prune_bias)
+        model.set_submodule(t.module_name, masked)
+        linears[t.module_name] = masked
+    pruner = MovementPruner(config, targets, linears)
+    model.add_module(MOVEMENT_ATTR, pruner)  # so that the trainer finds it (it holds no tensors)
     return pruner
 
 
 def detach_movement_pruning(model: nn.Module) -> None:
-    """Remove the scores and restore plain `nn.Linear.forward` on every target."""
+    """Swap every `MaskedLinear` back to a plain `nn.Linear` (same weights, scores dropped)."""
     pruner = getattr(model, MOVEMENT_ATTR, None)
     if pruner is None:
         return
-    for name in pruner.targets:
-        for attr in ("forward", "qacompress_pruner", "qacompress_target"):
-            model.get_submodule(name).__dict__.pop(attr, None)
+    for name, linear in pruner.linears.items():
+        model.set_submodule(name, linear.to_linear())
     delattr(model, MOVEMENT_ATTR)

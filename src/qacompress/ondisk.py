@@ -15,8 +15,12 @@ INT8_EMBEDDINGS = "int8_embeddings"  # whether the INT8 IR stores its embedding 
 
 #: `config.json` attribute with the per-layer sizes of a physically pruned model.
 PRUNING_CONFIG_ATTR = "qacompress_pruning"
-#: Submodule holding the movement importance scores (state-dict prefix `qacompress_movement.`).
+#: Submodule of a model under movement pruning that holds its schedule (`movement.MovementPruner`).
 MOVEMENT_ATTR = "qacompress_movement"
+#: Parameter names of the importance scores inside each `movement.MaskedLinear`.
+WEIGHT_SCORE, BIAS_SCORE = "weight_score", "bias_score"
+#: State-dict key prefix of NNCF's quantizer hooks.
+NNCF_HOOKS = "__nncf_hooks."
 
 #: Phase folders of a pruning run's output directory.
 PRUNED_DIR = "pruned"  # the pruned float model, before its last training phase
