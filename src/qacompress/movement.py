@@ -85,8 +85,11 @@ class MaskedLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.factors = tuple(factors)
         self.threshold = -math.inf
-        # Scores stay float32 whatever the weights' dtype: they accumulate small updates.
-        rows, cols = out_features // self.factors[0], in_features // self.factors[1]
+        self._new_scores(prune_bias, device)
+
+    def _new_scores(self, prune_bias: bool, device) -> None:
+        """Zero scores on `device`, float32 whatever the weights' dtype: they accumulate small updates."""
+        rows, cols = self.out_features // self.factors[0], self.in_features // self.factors[1]
         self.weight_score = nn.Parameter(torch.zeros(rows, cols, device=device))
         self.bias_score = nn.Parameter(torch.zeros(rows, device=device)) if prune_bias else None
 
@@ -96,10 +99,7 @@ class MaskedLinear(nn.Linear):
         masked = cls(linear.in_features, linear.out_features, factors, prune_bias, bias=linear.bias is not None,
                      device="meta")  # fmt: skip
         masked.weight, masked.bias = linear.weight, linear.bias
-        device = linear.weight.device
-        masked.weight_score = nn.Parameter(torch.zeros_like(masked.weight_score, device=device))
-        if masked.bias_score is not None:
-            masked.bias_score = nn.Parameter(torch.zeros_like(masked.bias_score, device=device))
+        masked._new_scores(prune_bias, linear.weight.device)
         return masked
 
     def to_linear(self) -> nn.Linear:
