@@ -270,10 +270,14 @@ def test_prune_with_a_latency_target_and_float_ir(tiny_bert_dir, squad_dir, tmp_
     # A tiny model's latency is timer noise around fixed overheads, so only the plumbing is tested here
     # (target 1.0 is always feasible); the latency model's effect is measured on MiniLM (README).
     assert prune_cli(tiny_bert_dir, out, squad_dir, "--target_latency", "1.0", "--no_quantize",
-                     "--latency_points", "2", "--latency_seconds", "0.05") == 0
+                     "--latency_points", "2", "--latency_seconds", "0.05", "--latency_rounds", "3") == 0
     report = json.loads((out / "compression_report.json").read_text())
     table = report["pruning"]["latency_table"]
     assert table["quantized"] is False and len(table["points"]) == 3 and table["full_model_ms"] > 0
+    # Every point was timed once per interleaved round, and its latency is the median of those rounds.
+    assert table["rounds"] == 3
+    for point in table["points"]:
+        assert len(point["round_ms"]) == 3 and point["ms"] == sorted(point["round_ms"])[1]
     assert table["costs"]["head"] > 0 and table["costs"]["neuron"] > 0
     assert report["pruning"]["constraint"] == "latency"
     assert report["pruning"]["predicted_cost_fraction"] <= 1.0

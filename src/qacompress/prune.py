@@ -60,7 +60,8 @@ class PruneConfig:
     ridge: float = 1e-4
     quantized_latency: bool = True  # measure the latency table with INT8 IRs (as the output will be)
     latency_points: int = 5  # grid points per axis (heads, neurons) of the latency table
-    latency_seconds: float = 0.5  # timing per grid point
+    latency_seconds: float = 1.0  # timing per grid point, split over the rounds
+    latency_rounds: int = 5  # interleaved timing rounds (see qacompress.latency)
     batch_size: int = 8
     seed: int = 42
     progress: bool = True
@@ -72,9 +73,9 @@ class PruneConfig:
         name, value = given[0]
         if not 0 < value <= 1:
             raise QACompressError(f"--{name} must be in (0, 1] (the fraction kept), got {value}")
-        if min(self.label_samples, self.refit_samples, self.batch_size) < 1 or self.latency_points < 2:
+        if min(self.label_samples, self.refit_samples, self.batch_size, self.latency_rounds) < 1 or self.latency_points < 2:
             raise QACompressError(
-                "--label_samples, --refit_samples and --batch_size must be >= 1, --latency_points >= 2"
+                "--label_samples, --refit_samples, --batch_size and --latency_rounds must be >= 1, --latency_points >= 2"
             )
 
     @property
@@ -127,7 +128,7 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         t0 = time.perf_counter()
         table = measure_latency_table(
             model, config.seq_length, quantize=config.quantized_latency, points=config.latency_points,
-            min_seconds=config.latency_seconds, progress=config.progress,
+            rounds=config.latency_rounds, min_seconds=config.latency_seconds, progress=config.progress,
         )
         timings["latency_table_s"] = time.perf_counter() - t0
         costs = table.costs
@@ -181,7 +182,8 @@ class PruneArguments:
     label_samples: int = field(default=1, metadata={"help": "Labels drawn per feature for the Fisher estimate"})
     refit_samples: int = field(default=128, metadata={"help": "Calibration features used by the re-fit"})
     latency_points: int = field(default=5, metadata={"help": "Head and neuron counts timed for --target_latency"})
-    latency_seconds: float = field(default=0.5, metadata={"help": "Seconds of timing per latency table point"})
+    latency_seconds: float = field(default=1.0, metadata={"help": "Seconds of timing per latency table point"})
+    latency_rounds: int = field(default=5, metadata={"help": "Interleaved rounds the latency timing is split into"})
     quantization_samples: int = field(default=300, metadata={"help": "Calibration features for INT8 ranges"})
     batch_size: int = field(default=8, metadata={"help": "Features per forward pass"})
     inference_precision: str = field(default="f32", metadata={"help": "OpenVINO precision for evaluating the IR"})
@@ -195,7 +197,7 @@ def run_prune(args: PruneArguments, data_args: Any) -> dict[str, Any]:
         target_macs=args.target_macs, target_latency=args.target_latency, seq_length=data_args.max_seq_length,
         label_samples=args.label_samples, refit=args.refit, refit_samples=args.refit_samples,
         quantized_latency=args.quantize, latency_points=args.latency_points, latency_seconds=args.latency_seconds,
-        batch_size=args.batch_size, seed=args.seed,
+        latency_rounds=args.latency_rounds, batch_size=args.batch_size, seed=args.seed,
     )  # fmt: skip
     if not args.model_name_or_path or not Path(args.model_name_or_path).is_dir():
         raise QACompressError(f"--model_name_or_path {args.model_name_or_path}: no such model directory")
