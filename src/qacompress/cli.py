@@ -76,10 +76,23 @@ def cmd_train(argv: list[str]) -> int:
 
         build_parser().print_help()
         return 0
-    metrics = run_train(*parse_train_args(argv))
+    try:
+        metrics = run_train(*parse_train_args(argv))
+    finally:
+        _release_process_group()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary is enough
         _print_metrics(metrics)
     return 0
+
+
+def _release_process_group() -> None:
+    """Under torchrun, each rank releases its process group when its work is done (rank 0 still
+    evaluates and exports when the others finish): left to interpreter exit, the teardown of gloo's
+    threads once aborted a finished rank (SIGABRT, "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def cmd_evaluate(argv: list[str]) -> int:
