@@ -1,13 +1,17 @@
-"""What storing the embedding tables as INT8 costs a QAT model: the same trained model exported twice,
-with INT8 tables (the default) and with float tables (`ir_embeddings: float`), each IR's size and its
-EM/F1 on the dev slice.
+"""What storing the embedding tables as INT8 costs: each model's IR exported twice, with INT8 tables
+(per-row weights-only INT8, the default of QAT and JPQD IRs) and with float tables, each IR's size,
+its EM/F1 on the dev slice at each `--lengths` (each length gives other windows, so another draw of
+the rounding noise), and how many questions get the same answer text from both IRs. A float (FP32)
+model beside the QAT one shows the tables' own effect, without the 8-bit activation rounding that
+amplifies any perturbation in a fake-quantized model.
 
-    python benchmarks/int8_embeddings.py runs/minilm-qat --name int8_embeddings_minilm
+    python benchmarks/int8_embeddings.py runs/minilm-qat150 runs/minilm-fp32 --name int8_embeddings_minilm_qat
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SQUAD, write_results  # noqa: E402
 
 from qacompress.evaluation import evaluate  # noqa: E402
-from qacompress.export import save_model_dir  # noqa: E402
+from qacompress.export import compress_weights, example_inputs, save_ir_dir, to_openvino  # noqa: E402
 from qacompress.models import IR_FILE, load_qa_model, load_tokenizer  # noqa: E402
 
 
@@ -25,28 +29,50 @@ def ir_mb(directory: Path) -> float:
     return round((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6, 2)
 
 
+def table_variants(model_dir: Path, out: Path) -> dict[str, Path]:
+    """The model's IR (INT8 for a QAT model, else FP32) with INT8 and with float embedding tables."""
+    model, tokenizer = load_qa_model(str(model_dir)), load_tokenizer(str(model_dir))
+    dirs = {}
+    for tables in ("int8", "float"):
+        ov_model = to_openvino(model, example_inputs(tokenizer), int8_embeddings=False)
+        if tables == "int8":
+            ov_model = compress_weights(ov_model, embeddings_only=True)
+        dirs[tables] = save_ir_dir(ov_model, model_dir, out / tables)
+    return dirs
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="a trained QAT or JPQD model directory")
+    parser.add_argument("models", type=Path, nargs="+", help="trained model directories (QAT, JPQD or FP32)")
     parser.add_argument("--name", default="int8_embeddings")
-    parser.add_argument("--max_seq_length", type=int, default=256)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 384], help="max_seq_length values")
     parser.add_argument("--doc_stride", type=int, default=128)
     args = parser.parse_args(argv)
-    model, tokenizer = load_qa_model(str(args.model)), load_tokenizer(str(args.model))
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for tables, int8 in (("int8", True), ("float", False)):
-            out = save_model_dir(model, tokenizer, Path(tmp) / tables, int8_embeddings=int8)
-            scores = evaluate(out, SQUAD / "dev.json", max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
-                              batch_size=32, progress=False)  # fmt: skip
-            rows[tables] = {"ir_mb": ir_mb(out), "exact_match": scores["exact_match"], "f1": scores["f1"]}
-    lines = [f"Embedding tables of the IR of `{args.model}` (dev slice, length {args.max_seq_length})", "",
-             "| tables | IR MB | EM | F1 |", "|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {k} | {r['ir_mb']:.1f} | {r['exact_match']:.2f} | {r['f1']:.2f} |" for k, r in rows.items()]
+    results: dict[str, dict] = {}
+    lines = ["Embedding tables of each model's IR (dev slice, padded, batch 32)", "",
+             "| model | length | tables | IR MB | EM | F1 | same answer text as the other IR |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for model_dir in args.models:
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = table_variants(model_dir, Path(tmp))
+            sizes = {tables: ir_mb(out) for tables, out in dirs.items()}
+            by_length = {}
+            for length in args.lengths:
+                rows, answers = {}, {}
+                for tables, out in dirs.items():
+                    scores = evaluate(out, SQUAD / "dev.json", max_seq_length=length, doc_stride=args.doc_stride,
+                                      batch_size=32, progress=False, output_dir=out)  # fmt: skip
+                    answers[tables] = json.loads((out / "eval_predictions.json").read_text())
+                    rows[tables] = {"ir_mb": sizes[tables], "exact_match": scores["exact_match"], "f1": scores["f1"]}
+                same = sum(answers["int8"][q] == answers["float"][q] for q in answers["int8"])
+                by_length[length] = {"rows": rows, "same_answer": same, "questions": len(answers["int8"])}
+                lines += [f"| `{model_dir}` | {length} | {k} | {r['ir_mb']:.1f} | {r['exact_match']:.2f} | {r['f1']:.2f} "
+                          f"| {same} of {len(answers['int8'])} |" for k, r in rows.items()]  # fmt: skip
+        results[str(model_dir)] = {"ir_mb": sizes, "lengths": by_length}
     text = "\n".join(lines)
     print(text)
-    write_results(args.name, {"model": str(args.model), "settings": vars(args) | {"model": str(args.model)},
-                              "rows": rows}, text)  # fmt: skip
+    write_results(args.name, {"settings": vars(args) | {"models": [str(m) for m in args.models]},
+                              "models": results}, text)  # fmt: skip
     return 0
 
 
