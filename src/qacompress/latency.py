@@ -12,7 +12,8 @@ fit are kept in the output's `compression_report.json`.
 All IRs are compiled first and then timed in interleaved rounds, each point's latency being the median
 of its round medians: on a shared 2-core VM, load that comes and goes then slows every point alike
 instead of the few timed while it lasted, and a budget given as a fraction of the full model's latency
-stays put (timed one point after the other, two runs' fits differed by 2x in the per-head cost).
+stays put (timed one point after the other under intermittent load, four tables' per-head costs
+were up to 3.2x apart; interleaved, 1.03x: `benchmarks/latency_table.py`).
 """
 
 from __future__ import annotations
