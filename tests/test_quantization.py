@@ -315,6 +315,11 @@ def test_ir_has_fake_quantize_and_int8_weights(quantized_dir, float_embeddings_d
     assert list(table.get_output_shape(0)) == [30522, 32]
     table = word_embedding_table(read_ir(float_embeddings_dir))
     assert table.get_type_name() == "Constant" and table.get_element_type() == ov.Type.f32
+    # The small tables (positions, token types) stay float in both: their rounding reaches every token.
+    for directory in (quantized_dir, float_embeddings_dir):
+        small = [op.input(0).get_source_output().get_node() for op in read_ir(directory).get_ordered_ops()
+                 if op.get_type_name() == "Gather" and any(k in op.get_friendly_name() for k in ("position_emb", "token_type_emb"))]
+        assert len(small) == 2 and all(n.get_type_name() == "Constant" and n.get_element_type() == ov.Type.f32 for n in small)
     size = {d: (d / "openvino_model.bin").stat().st_size for d in (quantized_dir, float_embeddings_dir)}
     assert size[float_embeddings_dir] - size[quantized_dir] > 0.7 * 30522 * 32 * 3  # ~3 of 4 bytes per entry saved
 
