@@ -59,8 +59,8 @@ class QuantizationConfig:
     overflow_fix: str = "enable"
     ignored_scopes: list[str] = field(default_factory=list)
     target_device: str = "ANY"
-    #: qacompress's own key `ir_embeddings` ("int8" | "float"): the INT8 IR stores the embedding tables
-    #: as INT8 weights (weights-only; the lookups stay float), since QAT leaves them float.
+    #: qacompress's own key `ir_embeddings` ("int8" | "float"): the INT8 IR stores the word-embedding
+    #: table as INT8 weights (weights-only; the lookups stay float), since QAT leaves it float.
     int8_embeddings: bool = True
 
 

@@ -4,8 +4,8 @@
 plus `openvino_model.xml`/`.bin` beside them, which `optimum.intel.OVModelForQuestionAnswering` and
 `qacompress evaluate/predict` load. Batch and sequence dimensions are dynamic. A quantized model is
 stripped to plain fake-quantize ops first, which OpenVINO turns into INT8 FakeQuantize operations
-(weights stored as INT8); its embedding tables, which QAT leaves in float, are stored as INT8 too
-(weights-only, per row: the word embeddings are most of a small model's IR). Everything goes through
+(weights stored as INT8); its word-embedding table, which QAT leaves in float, is stored as INT8 too
+(weights-only, per row: it is most of a small model's IR). Everything goes through
 a staged commit (`qacompress.atomic`): an interrupted export leaves the previous one in place.
 
 Deployment variants (`VARIANTS`) are the IRs one trained model can ship as; which is fastest depends
