@@ -39,6 +39,9 @@ FAMILIES: dict[str, dict[str, str]] = {
 }
 
 ROLES = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
+#: Embedding modules every token reads (BERT, RoBERTa, DistilBERT names): small tables whose rounding
+#: would reach every input, so the INT8 IR keeps them float.
+SHARED_EMBEDDINGS = ("position_embeddings", "token_type_embeddings")
 
 #: The scope each role has in a BERT model under NNCF 2's naming. Seed configs name BERT classes
 #: (`BertAttention`, `BertIntermediate`, `BertOutput`); matching them against these aliases makes
