@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qacompress.architecture import SHARED_EMBEDDINGS
 from qacompress.atomic import staged_files
 from qacompress.checkpoint import save_compressed
 from qacompress.models import IR_FILE
@@ -117,7 +118,6 @@ def compress_weights(ov_model, *, embeddings_only: bool):
     token-type tables stay float: they are small, and their rounding reaches every token of every
     input (on the README's FP32 MiniLM, INT8 position tables cost 0.37 F1, the word table alone 0.12).
     """
-    from qacompress.architecture import SHARED_EMBEDDINGS
     from qacompress.quantization import _nncf
 
     nncf = _nncf()
