@@ -4,22 +4,38 @@ exports and runners that leave the trained model where it is."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from qacompress.cli import main
 from qacompress.config import MovementSparsityConfig, SparseStructure, default_compression_config
 from qacompress.export import cpu_float_copy, to_openvino
 from qacompress.jpqd import freeze_zeros
 from qacompress.models import load_qa_model
 from qacompress.movement import attach_movement_pruning
-from qacompress.quantization import quantize_model
+from qacompress.ondisk import INT8_EMBEDDINGS, QUANTIZER_LAYOUT, STATE_FILE
+from qacompress.quantization import is_quantized, quantize_model
 from qacompress.runtime import TorchQAModel
 from qacompress.structured import LayerKeep, prune_
 from qacompress.trainer import QACompressTrainer
 
 FFN_OUT0 = "bert.encoder.layer.0.output.dense.weight"
+
+
+def train_args(model: Path, squad_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--model_name_or_path", str(model),
+        "--train_file", str(squad_dir / "v1.1" / "train.json"), "--validation_file", str(squad_dir / "v1.1" / "dev.json"),
+        "--do_train", "--do_eval", "--max_train_samples", "32", "--max_eval_samples", "32",
+        "--max_seq_length", "96", "--doc_stride", "32", "--per_device_train_batch_size", "8",
+        "--learning_rate", "5e-3", "--seed", "3", "--disable_tqdm", "true", "--report_to", "none",
+        "--output_dir", str(out), *extra,
+    ]  # fmt: skip
 
 
 def inputs(seed: int = 0, batch: int = 4, length: int = 16) -> dict[str, torch.Tensor]:
@@ -154,3 +170,19 @@ def test_export_and_runner_leave_a_bf16_model_as_it_is(tiny_bert_dir):
     assert start.dtype == np.float32 and start.shape == (4, 16)
     float_model = load_qa_model(str(tiny_bert_dir))
     assert cpu_float_copy(float_model) is float_model  # no copy when there is nothing to move
+
+
+def test_bf16_qat_keeps_its_quantizers_in_checkpoints_and_the_saved_model(tiny_bert_dir, squad_dir, tmp_path):
+    """`--bf16` (and `--fp16` on a GPU) train inside accelerate's autocast wrapper around the model's
+    forward, which hides NNCF's hooked forward: the checkpoint, the saved model and its IR must still be
+    those of a quantized model (before the fix, both lacked the quantizer layout and the IR was exported
+    as a float model)."""
+    out = tmp_path / "qat-bf16"
+    assert main(train_args(tiny_bert_dir, squad_dir, out, "--bf16", "--max_steps", "4", "--save_steps", "2")) == 0
+    for directory in (out / "checkpoint-2", out):
+        state = torch.load(directory / STATE_FILE, weights_only=True)
+        assert QUANTIZER_LAYOUT in state, directory
+        assert is_quantized(load_qa_model(str(directory)))
+    assert INT8_EMBEDDINGS in torch.load(out / STATE_FILE, weights_only=True)
+    results = json.loads((out / "eval_results.json").read_text())
+    assert abs(results["eval_f1"] - results["eval_openvino_f1"]) <= 1.0, results

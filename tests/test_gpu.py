@@ -16,22 +16,12 @@ import torch
 from qacompress.cli import main
 from qacompress.models import load_qa_model
 from qacompress.quantization import is_quantized
+from test_devices import train_args
 from test_jpqd import TINY_JPQD  # warm-up to step 12 of 16
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def train_args(model: Path, squad_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train", "--model_name_or_path", str(model),
-        "--train_file", str(squad_dir / "v1.1" / "train.json"), "--validation_file", str(squad_dir / "v1.1" / "dev.json"),
-        "--do_train", "--do_eval", "--max_train_samples", "32", "--max_eval_samples", "32",
-        "--max_seq_length", "96", "--doc_stride", "32", "--per_device_train_batch_size", "8",
-        "--learning_rate", "5e-3", "--seed", "3", "--disable_tqdm", "true", "--report_to", "none",
-        "--output_dir", str(out), *extra,
-    ]  # fmt: skip
 
 
 def check_run(out: Path) -> dict:

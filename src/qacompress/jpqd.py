@@ -115,7 +115,7 @@ def train_jpqd(run: Run) -> tuple[nn.Module, dict]:
         )  # fmt: skip
         trainer.save_state()
         metrics.update({f"warmup_{k}": v for k, v in phase.items()})
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trainer.trained_model()
         if args.should_save:
             save_pruned(model, pruner, mconfig.enable_structured_masking, run.tokenizer, out / PRUNED_DIR)
             atomic.write_json(out / PRUNED_DIR / WARMUP_RESULTS, metrics)
@@ -183,7 +183,7 @@ def finetune_pruned(run: Run, before: int, total: int) -> tuple[nn.Module, dict]
         trainer, phase = fit(model, run, finetune_args, resume=resume, schedule_steps=(before, total))
         trainer.save_state()
         metrics.update(phase)
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trainer.trained_model()
     if args.should_save:
         compression_report(
             lambda: load_qa_model(run.model_path, **run.load), model, run.tokenizer, compression, out,

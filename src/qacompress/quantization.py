@@ -84,11 +84,20 @@ def _prepare_kernels(model: nn.Module) -> None:
     ensure_quantizer_extension("cuda" if param is not None and param.device.type == "cuda" else "cpu")
 
 
-def is_quantized(model: nn.Module) -> bool:
-    """True when NNCF hooks (quantizers) are attached to `model`."""
-    from nncf.torch.function_hook.wrapper import is_wrapped
+#: Where accelerate keeps a model's own forward while `--fp16`/`--bf16` training wraps it in autocast.
+AUTOCAST_ORIGINAL_FORWARD = "_original_forward"
 
-    return is_wrapped(model)
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when NNCF hooks (quantizers) are attached to `model`.
+
+    NNCF recognises its models by their forward; under mixed-precision training accelerate replaces
+    that forward with an autocast wrapper and keeps NNCF's aside, where this looks too (checkpoints
+    saved during an `--fp16`/`--bf16` run must still record the quantizer layout)."""
+    from nncf.torch.function_hook.wrapper import ForwardWithHooks
+
+    forward = model.__dict__.get(AUTOCAST_ORIGINAL_FORWARD, model.forward)
+    return isinstance(forward, ForwardWithHooks)
 
 
 def resolve_ignored_scope(

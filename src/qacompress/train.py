@@ -208,7 +208,7 @@ def train_single_phase(run: Run) -> tuple[torch.nn.Module, dict]:
             model = quantize_model(model, qconfig, samples, source=run.compression.source)
     trainer, train_metrics = fit(model, run, args, resume=resume)
     trainer.save_state()
-    return trainer.accelerator.unwrap_model(trainer.model), train_metrics
+    return trainer.trained_model(), train_metrics
 
 
 def score_split(model, tokenizer, args: QACompressTrainingArguments, examples, features, settings, prefix: str) -> dict:

@@ -25,6 +25,7 @@ import os
 import time
 import warnings
 from collections import defaultdict
+from types import MethodType
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ from qacompress.distillation import DistillationConfig, distillation_loss, hidde
 from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed
 from qacompress.movement import MovementPruner
 from qacompress.ondisk import MOVEMENT_ATTR, MOVEMENT_SCHEDULE
+from qacompress.quantization import AUTOCAST_ORIGINAL_FORWARD
 from qacompress.runtime import TorchQAModel
 
 LABELS = ("start_positions", "end_positions")
@@ -176,6 +178,20 @@ class QACompressTrainer(Trainer):
             for _ in range(before):
                 scheduler.step()
         return scheduler
+
+    def trained_model(self) -> nn.Module:
+        """The model as training leaves it, ready to save, export and evaluate: out of its DDP or
+        DataParallel wrapper and back on its own forward, without the autocast wrapper accelerate puts
+        on it for `--fp16`/`--bf16` (NNCF would no longer see its quantizers, and an export would trace
+        the autocast). accelerate's own `unwrap_model(keep_fp32_wrapper=False)` cannot do the latter
+        for a quantized model: it rebinds NNCF's forward object as a method of the model."""
+        model = self.accelerator.unwrap_model(self.model)
+        original = model.__dict__.pop(AUTOCAST_ORIGINAL_FORWARD, None)
+        if isinstance(original, MethodType) and original.__func__ is type(model).forward:
+            model.__dict__.pop("forward", None)  # the class's forward again
+        elif original is not None:
+            model.forward = original  # NNCF's forward with hooks
+        return model
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save weights with `save_pretrained` and compression state beside them.
