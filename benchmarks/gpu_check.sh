@@ -8,6 +8,7 @@
 #     tokenizer but random weights (the pretrained weights do not fit the device tool's 64 MiB), so
 #     its F1 says nothing; its step times and the end-to-end path (prune, quantize, export) do.
 # Every stage has its own time limit and the script goes on after a failure; the log is gpu_check.log.
+# GPU_CHECK_STAGES="versions extensions ..." runs only the stages named.
 #
 # That machine has its own torch (2.11, CUDA 13) and transformers, and no network: first, here, run
 #   bash benchmarks/gpu_check.sh --prepare
@@ -66,6 +67,7 @@ export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:
 
 stage() {  # stage NAME LIMIT_S COMMAND...: run with the smaller of its limit and the time left
   local name=$1 limit=$2; shift 2
+  case " ${GPU_CHECK_STAGES:-$name} " in *" $name "*) ;; *) return ;; esac  # e.g. "versions gpu-tests"
   local left=$((DEADLINE - SECONDS)); [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -le 5 ]; then echo "== $name: skipped, out of time" | tee -a "$LOG"; return; fi
   echo "== $name (limit ${limit}s)" | tee -a "$LOG"

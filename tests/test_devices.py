@@ -76,6 +76,23 @@ def test_frozen_zeros_survive_quantization(tiny_bert_dir):
     assert torch.count_nonzero(quantized.get_parameter(FFN_OUT0)) == 0
 
 
+def test_frozen_zeros_follow_the_model_to_another_dtype(tiny_bert_dir):
+    """Zeros are frozen on the model as loaded (float32, CPU) and Trainer moves it afterwards (to the
+    GPU, or another dtype): the gradient hooks must follow. The CPU can show the dtype half; the GPU
+    half failed on the first GPU run ("found at least two devices, cuda:0 and cpu" in JPQD
+    fine-tuning) and is covered by `benchmarks/gpu_check.sh`."""
+    model, frozen = emptied_layer_model(tiny_bert_dir)
+    freeze_zeros(model, frozen)
+    model.to(torch.bfloat16)
+    model.train()
+    batch = inputs()
+    out = model(**batch, start_positions=torch.tensor([1, 2, 3, 4]), end_positions=torch.tensor([2, 3, 4, 5]))
+    out.loss.backward()
+    grad = model.get_parameter(FFN_OUT0).grad
+    assert grad.dtype == torch.bfloat16 and torch.count_nonzero(grad) == 0
+    assert torch.count_nonzero(model.get_parameter("bert.encoder.layer.1.output.dense.weight").grad) > 0
+
+
 def test_hooks_registered_before_quantization_are_lost(tiny_bert_dir):
     """Why the order matters: `quantize_model` deep-copies the model, and the copy's parameters carry
     no gradient hooks, so zeros frozen before quantization come back to life while training."""

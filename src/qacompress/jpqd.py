@@ -85,10 +85,23 @@ def freeze_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """
     for name, mask in masks.items():
         param = model.get_parameter(name)
-        mask = mask.to(device=param.device, dtype=param.dtype)
         with torch.no_grad():
-            param.mul_(mask)
-        param.register_hook(lambda grad, mask=mask: grad * mask)
+            param.mul_(mask.to(device=param.device, dtype=param.dtype))
+        param.register_hook(KeepZeros(mask))
+
+
+class KeepZeros:
+    """Gradient hook that zeroes the gradient where `mask` is 0. The mask follows the gradient's device
+    and dtype, because the model usually moves after the hook is registered (Trainer puts it on the
+    GPU; mixed precision or a cast changes its dtype)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.mask.device != grad.device or self.mask.dtype != grad.dtype:
+            self.mask = self.mask.to(device=grad.device, dtype=grad.dtype)
+        return grad * self.mask
 
 
 def train_jpqd(run: Run) -> tuple[nn.Module, dict]:
