@@ -196,6 +196,16 @@ def quick_compare(model: nn.Module, tokenizer, seq_length: int, names: list[str]
     return timings
 
 
+#: A quick timing is a few calls at one length: INT8 counts as slower only beyond this ratio (the
+#: H200 host logged "slower" for 2.0 vs 2.0 ms before it existed).
+SLOWER_BY = 1.10
+
+
+def int8_is_slower(timings: dict[str, float]) -> bool:
+    """Whether quick timings (`{"int8": ms, "fp32": ms}`) show INT8 slower than FP32 beyond noise."""
+    return timings["int8"] > SLOWER_BY * timings["fp32"]
+
+
 def warn_if_int8_is_slower(model: nn.Module, tokenizer, ir_dir: str | Path, seq_length: int) -> dict[str, float] | None:
     """After training: log one line when this CPU runs the exported INT8 IR (in `ir_dir`) slower than
     the model's FP32 variant.
@@ -214,7 +224,7 @@ def warn_if_int8_is_slower(model: nn.Module, tokenizer, ir_dir: str | Path, seq_
                               tuple(i.get_any_name() for i in fp32.inputs), seed=0)  # fmt: skip
     int8 = ov.Core().read_model(str(Path(ir_dir) / IR_FILE))
     timings = {"int8": round(quick_latency_ms(int8, inputs), 3), "fp32": round(quick_latency_ms(fp32, inputs), 3)}
-    if timings["int8"] > timings["fp32"]:
+    if int8_is_slower(timings):
         logger.warning(
             "this CPU runs the INT8 IR slower than FP32 (%.1f vs %.1f ms at batch 1, length %d; %s): "
             "`qacompress export --variant auto` writes the faster one, `qacompress benchmark --compare_variants` "
