@@ -20,6 +20,7 @@ release).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -43,6 +44,7 @@ from qacompress.quantization import AUTOCAST_ORIGINAL_FORWARD
 from qacompress.runtime import TorchQAModel
 
 LABELS = ("start_positions", "end_positions")
+logger = logging.getLogger(__name__)
 
 
 class QACompressTrainer(Trainer):
@@ -71,6 +73,11 @@ class QACompressTrainer(Trainer):
         self._loss_count = 0
         if teacher is not None:
             teacher.to(self.args.device)
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled and self.is_world_process_zero():
+            logger.warning(
+                "--fsdp is not in effect: accelerate shards only across GPUs or other accelerators, so this run "
+                "trains %s with whole model copies", "in one process" if self.args.world_size == 1 else "data-parallel"
+            )
 
     @property
     def pruner(self) -> MovementPruner | None:
