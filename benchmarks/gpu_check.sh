@@ -6,7 +6,8 @@
 #  3. a MiniLM-L6-shaped QAT run (--fp16) and JPQD run (--bf16, the configs/minilm-jpqd.json recipe with a
 #     12-step "schedule epoch") on the GPU, with their step times. The model has MiniLM's config and
 #     tokenizer but random weights (the pretrained weights do not fit the device tool's 64 MiB), so
-#     its F1 says nothing; its step times and the end-to-end path (prune, quantize, export) do.
+#     its F1 says nothing; its step times and the end-to-end path (prune, quantize, export) do;
+#  4. the host CPU (on 2 cores): the QAT IR against torch FP32 at batch 1, and the IR variants.
 # Every stage has its own time limit and the script goes on after a failure; the log is gpu_check.log.
 # GPU_CHECK_STAGES="versions extensions ..." runs only the stages named.
 #
@@ -110,6 +111,16 @@ MINILM=(python3 -m qacompress train --model_name_or_path /tmp/minilm
 stage minilm-jpqd-bf16 150 "${MINILM[@]}" --output_dir /tmp/jpqd --bf16 --nncf_compression_config /tmp/minilm-jpqd.json \
   --teacher_model_name_or_path /tmp/minilm --distillation_weight 0.9
 stage minilm-qat-fp16 100 "${MINILM[@]}" --output_dir /tmp/qat --fp16
+# Issue 10's VNNI/AMX target on the host CPU (when it has them), pinned to 2 cores like the project's
+# machines: the QAT IR against torch FP32 at batch 1 (latency does not depend on the weights), and
+# the deployment variants of the QAT model.
+stage cpu-int8 150 bash -c '
+taskset -c 0,1 python3 -m qacompress benchmark --model_name_or_path /tmp/minilm /tmp/qat \
+  --names torch-fp32 qat-int8-ir --backend torch openvino --batch_sizes 1 --seq_lengths 128 384 \
+  --min_seconds 5 --throughput_seconds 5 --output_file "$0/gpu_host_cpu_int8.json"
+taskset -c 0,1 python3 -m qacompress benchmark --model_name_or_path /tmp/qat --compare_variants \
+  --output_dir /tmp/qat-variants --min_seconds 3 --throughput_seconds 3 &&
+  cp /tmp/qat-variants/benchmark.json "$0/gpu_host_variants.json"' "$OUT"
 for run in jpqd qat; do
   for file in train_results.json eval_results.json compression_report.json; do
     [ -f "/tmp/$run/$file" ] && cp "/tmp/$run/$file" "$OUT/gpu_minilm_${run}_$file"
