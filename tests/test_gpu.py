@@ -18,6 +18,7 @@ from qacompress.models import load_qa_model
 from qacompress.quantization import is_quantized
 from test_devices import train_args
 from test_jpqd import TINY_JPQD  # warm-up to step 12 of 16
+from test_prune import prune_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -52,6 +53,19 @@ def test_jpqd_on_cuda(precision, tiny_bert_dir, squad_dir, tmp_path):
     check_run(out)
     report = json.loads((out / "compression_report.json").read_text())
     assert report["neurons_kept"] < report["neurons_total"]
+
+
+def test_prune_selects_the_same_structure_on_cuda_as_on_cpu(tiny_bert_dir, squad_dir, tmp_path):
+    """Training-free pruning: Fisher scores and the re-fit on the GPU; the label draws come from a CPU
+    generator, so the kept heads and neurons are the CPU run's."""
+    reports = {}
+    for device in ("cuda", "cpu"):
+        out = tmp_path / device
+        dev = str(squad_dir / "v1.1" / "dev.json")
+        assert prune_cli(tiny_bert_dir, out, squad_dir, "--target_macs", "0.6", "--device", device,
+                         "--validation_file", dev, "--max_eval_samples", "6") == 0  # fmt: skip
+        reports[device] = json.loads((out / "compression_report.json").read_text())["pruning"]
+    assert reports["cuda"]["kept"] == reports["cpu"]["kept"]
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

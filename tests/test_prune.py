@@ -293,6 +293,9 @@ def test_prune_with_a_latency_target_and_float_ir(tiny_bert_dir, squad_dir, tmp_
         ([], "exactly one of"),
         (["--target_macs", "0.5", "--target_latency", "0.5"], "exactly one of"),
         (["--target_macs", "0.5", "--max_train_samples", "0"], "no calibration examples"),
+        (["--target_macs", "0.5", "--device", "gpu"], "--device 'gpu': not a device"),
+        pytest.param(["--target_macs", "0.5", "--device", "cuda"], "torch sees no CUDA GPU here",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(tiny_bert_dir, squad_dir, tmp_path, capsys, flags, message):

@@ -131,7 +131,7 @@ def fisher_importance(
     device = next(model.parameters()).device
     heads = [torch.zeros(s["heads"], dtype=torch.float64, device=device) for s in sizes]
     neurons = [torch.zeros(s["intermediate_size"], dtype=torch.float64, device=device) for s in sizes]
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same labels on every device
     was_training = model.training
     model.eval()
     grads_enabled = [p.requires_grad for p in model.parameters()]
@@ -153,7 +153,8 @@ def fisher_importance(
                 for draw in range(label_samples):
                     loss = 0.0
                     for lp in log_probs:
-                        labels = torch.multinomial(lp.detach().exp(), 1, generator=generator).squeeze(1)
+                        probs = lp.detach().exp().cpu()
+                        labels = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
                         loss = loss - lp.gather(1, labels[:, None]).sum()
                     grads = torch.autograd.grad(loss, leaves, retain_graph=draw + 1 < label_samples)
                     for total, grad in zip(heads + neurons, grads):

@@ -153,7 +153,7 @@ def train_structured(run: Run) -> tuple[nn.Module, dict]:
     total = total_steps(len(data.train_features), args)
     out = Path(args.output_dir)
     if not (out / PRUNED_DIR / "config.json").is_file() and args.should_save:
-        model = load_qa_model(run.model_path, **run.load)
+        model = load_qa_model(run.model_path, **run.load).to(args.device)  # the selection runs where training will
         count = min(sconfig.num_samples, len(data.train_features))
         features = data.train_features.shuffle(seed=args.seed).select(range(count))
         config = PruneConfig(

@@ -188,6 +188,23 @@ class PruneArguments:
     batch_size: int = field(default=8, metadata={"help": "Features per forward pass"})
     inference_precision: str = field(default="f32", metadata={"help": "OpenVINO precision for evaluating the IR"})
     seed: int = field(default=42, metadata={"help": "Seed of the label draws"})
+    device: str = field(
+        default="auto", metadata={"help": "Where the Fisher scores and the re-fit run: auto (a CUDA GPU if there is one), cpu, cuda, cuda:N"}
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device`: `auto` is the first CUDA GPU when torch sees one, else the CPU. The label draws use a
+    CPU generator, so a GPU run selects what a CPU run selects (up to float rounding at near-ties)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise QACompressError(f"--device {name!r}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise QACompressError(f"--device {name}: torch sees no CUDA GPU here (use --device cpu or auto)")
+    return device
 
 
 def run_prune(args: PruneArguments, data_args: Any) -> dict[str, Any]:
@@ -207,7 +224,7 @@ def run_prune(args: PruneArguments, data_args: Any) -> dict[str, Any]:
     if not source:
         raise QACompressError("prune needs calibration data: --train_file FILE or --dataset_name NAME")
     tokenizer = load_tokenizer(args.model_name_or_path)
-    model = load_qa_model(args.model_name_or_path)
+    model = load_qa_model(args.model_name_or_path).to(resolve_device(args.device))
     require_layout(model)
     examples = load_examples(
         source, split="train", dataset_config_name=data_args.dataset_config_name, require_answers=False,
