@@ -219,3 +219,25 @@ def test_fsdp_on_cpu_says_it_is_not_in_effect(tiny_bert_dir, squad_dir, tmp_path
     done = subprocess.run(cmd + args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("--fsdp is not in effect") == 1, done.stderr[-3000:]  # said once, by rank 0
+
+
+def test_gathered_model_is_the_trained_model_read_back_whole(tiny_bert_dir, tmp_path):
+    """Under FSDP or ZeRO-3 (which accelerate enables only on GPUs) the final model leaves training
+    through the accelerator's gathered state dict, as checkpoints do. The mechanism runs anywhere: here
+    on a structurally pruned, quantized model, which must come back with its shapes and quantizers."""
+    from transformers import TrainingArguments
+
+    from qacompress.trainer import GATHERED_DIR
+
+    pruned, _ = emptied_layer_model(tiny_bert_dir)
+    model = quantize_model(pruned, default_compression_config().quantization, calibration()).eval()
+    trainer = QACompressTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
+    assert not trainer.is_sharded
+    whole = trainer.gathered_model().eval()
+    assert whole is not model and is_quantized(whole)
+    assert not (tmp_path / GATHERED_DIR).exists()
+    assert whole.get_parameter(FFN_OUT0).shape == model.get_parameter(FFN_OUT0).shape
+    with torch.no_grad():
+        expected, got = model(**inputs()), whole(**inputs())
+    torch.testing.assert_close(got.start_logits, expected.start_logits)
+    torch.testing.assert_close(got.end_logits, expected.end_logits)

@@ -23,9 +23,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from collections import defaultdict
+from pathlib import Path
 from types import MethodType
 from typing import Any
 
@@ -37,13 +39,17 @@ from transformers.trainer_utils import speed_metrics
 
 from qacompress.checkpoint import load_compression_state, load_compression_tensors, save_compressed
 from qacompress.distillation import DistillationConfig, distillation_loss, hidden_distillation_loss
+from qacompress.errors import QACompressError
 from qacompress.evaluation import DecodeSettings, evaluate_runner, prefixed
+from qacompress.models import load_qa_model
 from qacompress.movement import MovementPruner
 from qacompress.ondisk import MOVEMENT_ATTR, MOVEMENT_SCHEDULE
 from qacompress.quantization import AUTOCAST_ORIGINAL_FORWARD
 from qacompress.runtime import TorchQAModel
 
 LABELS = ("start_positions", "end_positions")
+#: Where `gathered_model` puts the whole model for a moment, inside `output_dir`.
+GATHERED_DIR = "gathered-model"
 logger = logging.getLogger(__name__)
 
 
@@ -73,6 +79,11 @@ class QACompressTrainer(Trainer):
         self._loss_count = 0
         if teacher is not None:
             teacher.to(self.args.device)
+        if self.is_sharded and self.pruner is not None:
+            raise QACompressError(
+                "movement pruning (JPQD) does not train sharded (FSDP, DeepSpeed ZeRO-3): its importance scores "
+                "and masks need whole weights; train it data-parallel (torchrun without --fsdp / ZeRO-3)"
+            )
         if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled and self.is_world_process_zero():
             logger.warning(
                 "--fsdp is not in effect: accelerate shards only across GPUs or other accelerators, so this run "
@@ -186,18 +197,42 @@ class QACompressTrainer(Trainer):
                 scheduler.step()
         return scheduler
 
+    @property
+    def is_sharded(self) -> bool:
+        """FSDP or DeepSpeed ZeRO-3: each process holds only shards of the weights."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        return self.is_fsdp_enabled or is_deepspeed_zero3_enabled()
+
     def trained_model(self) -> nn.Module:
         """The model as training leaves it, ready to save, export and evaluate: out of its DDP or
         DataParallel wrapper and back on its own forward, without the autocast wrapper accelerate puts
         on it for `--fp16`/`--bf16` (NNCF would no longer see its quantizers, and an export would trace
         the autocast). accelerate's own `unwrap_model(keep_fp32_wrapper=False)` cannot do the latter
-        for a quantized model: it rebinds NNCF's forward object as a method of the model."""
+        for a quantized model: it rebinds NNCF's forward object as a method of the model. Under a
+        sharded strategy it is `gathered_model()`."""
+        if self.is_sharded:
+            return self.gathered_model()
         model = self.accelerator.unwrap_model(self.model)
         original = model.__dict__.pop(AUTOCAST_ORIGINAL_FORWARD, None)
         if isinstance(original, MethodType) and original.__func__ is type(model).forward:
             model.__dict__.pop("forward", None)  # the class's forward again
         elif original is not None:
             model.forward = original  # NNCF's forward with hooks
+        return model
+
+    def gathered_model(self) -> nn.Module:
+        """The whole trained model, the way checkpoints get it: saved through the accelerator's gathered
+        state dict (every process takes part, the main one writes) and read back with its compression
+        state. Needed under FSDP or ZeRO-3, where the unwrapped module holds only this process's shards;
+        the other processes get their unwrapped module, as they neither save nor score."""
+        directory = Path(self.args.output_dir) / GATHERED_DIR
+        self.save_model(str(directory))
+        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return self.accelerator.unwrap_model(self.model)
+        model = load_qa_model(str(directory)).to(self.args.device)
+        shutil.rmtree(directory)
         return model
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
