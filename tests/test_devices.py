@@ -241,3 +241,25 @@ def test_gathered_model_is_the_trained_model_read_back_whole(tiny_bert_dir, tmp_
         expected, got = model(**inputs()), whole(**inputs())
     torch.testing.assert_close(got.start_logits, expected.start_logits)
     torch.testing.assert_close(got.end_logits, expected.end_logits)
+
+
+def test_export_does_not_warn_about_a_causal_lm_loss(tiny_bert_dir, caplog):
+    """torch's tracer reads every attribute of every module, and transformers' `loss_function` property
+    of the encoder (which has no `loss_type`) then warns that it will use a causal-LM loss: noise at
+    every export of a QA model."""
+    from transformers.utils import logging as hf_logging
+
+    model = load_qa_model(str(tiny_bert_dir))
+    warn_once = hf_logging.get_logger("transformers.modeling_utils").warning_once  # once per process
+    hf_logging.enable_propagation()  # transformers' loggers do not reach caplog otherwise
+    try:
+        with caplog.at_level("WARNING"):
+            warn_once.cache_clear()
+            model.base_model.loss_function  # noqa: B018  (reading it is what warns)
+            assert "loss_type=None" in caplog.text
+            caplog.clear()
+            warn_once.cache_clear()
+            to_openvino(model, {k: v[:1] for k, v in inputs().items()})
+            assert "loss_type" not in caplog.text
+    finally:
+        hf_logging.disable_propagation()

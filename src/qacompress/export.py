@@ -22,6 +22,7 @@ on the CPU (`qacompress.variants` measures them):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import shutil
@@ -77,6 +78,20 @@ def default_variant(model: nn.Module) -> str:
     return model_variants(model)[0] if "int8" in model_variants(model) else "fp32"
 
 
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Raise logger `name` to ERROR for the block. torch's tracer reads every attribute of every module,
+    and transformers' `loss_function` property then warns that `loss_type=None` means a causal-LM loss,
+    a warning about a loss that a QA model's export never computes."""
+    logger_ = logging.getLogger(name)
+    level = logger_.level
+    logger_.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger_.setLevel(level)
+
+
 def to_openvino(
     model: nn.Module, example_input: dict[str, torch.Tensor], variant: str | None = None, *, int8_embeddings: bool = True
 ):
@@ -98,8 +113,8 @@ def to_openvino(
     model = cpu_float_copy(model).eval()
     quantized = is_quantized(model)
     source = strip(model, example_input) if quantized else model
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), warnings.catch_warnings(), quiet_logger("transformers.modeling_utils"):
+        warnings.simplefilter("ignore")  # the tracer's warnings about data-dependent branches
         ov_model = ov.convert_model(source, example_input=dict(example_input))
     for output, name in zip(ov_model.outputs, ("start_logits", "end_logits")):
         output.get_tensor().set_names({name})
