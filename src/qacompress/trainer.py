@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import speed_metrics
 
@@ -200,8 +201,6 @@ class QACompressTrainer(Trainer):
     @property
     def is_sharded(self) -> bool:
         """FSDP or DeepSpeed ZeRO-3: each process holds only shards of the weights."""
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
         return self.is_fsdp_enabled or is_deepspeed_zero3_enabled()
 
     def trained_model(self) -> nn.Module:
