@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from qacompress.errors import ModelError
-from qacompress.ondisk import BIAS_SCORE, NNCF_HOOKS, QUANTIZER_LAYOUT, STATE_FILE, WEIGHT_SCORE
+from qacompress.ondisk import BIAS_SCORE, NNCF_HOOKS, QUANTIZER_LAYOUT, STATE_FILE, WEIGHT_SCORE, WORD_TABLE_HELD
+from qacompress.wordtable import hold_word_table, holds_word_table
 
 FORMAT_VERSION = 1
 
@@ -62,6 +63,7 @@ def save_compressed(
     state: dict[str, Any] = {"format_version": FORMAT_VERSION, "tensors": compression}
     if is_quantized(model):
         state[QUANTIZER_LAYOUT] = quantizer_layout(model)
+        state[WORD_TABLE_HELD] = holds_word_table(model)
     state.update(extra_state or {})
     if compression or extra_state:
         torch.save(state, directory / STATE_FILE)
@@ -84,7 +86,8 @@ def load_compression_state(directory: str | Path) -> dict[str, Any] | None:
 def apply_compression_state(model: nn.Module, state: dict[str, Any] | None) -> nn.Module:
     """Re-attach the quantizers described by `state` and load every compression tensor.
 
-    Modules other than quantizers (movement scores) must already be attached.
+    Modules other than quantizers (movement scores) must already be attached. A held word table
+    (`wordtable`) is held again, so that a resumed run's optimizer sees the parameters it saved.
     """
     if not state:
         return model
@@ -93,6 +96,8 @@ def apply_compression_state(model: nn.Module, state: dict[str, Any] | None) -> n
 
         model = restore_quantization(model, state[QUANTIZER_LAYOUT])
     load_compression_tensors(model, state)
+    if state.get(WORD_TABLE_HELD):
+        hold_word_table(model)
     return model
 
 

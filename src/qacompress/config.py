@@ -16,24 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qacompress.architecture import SHARED_EMBEDDINGS
 from qacompress.errors import ConfigError
 from qacompress.scopes import compile_check
 
-#: The small embedding tables every token reads (position, token type), as an NNCF 2 scope pattern.
-SHARED_EMBEDDINGS_SCOPE = "{re}.*NNCFEmbedding\\[(" + "|".join(SHARED_EMBEDDINGS) + ")\\].*"
-
 #: What QAT uses when no config is given: the seed trainer's default, restated for NNCF 3. Mixed
-#: preset (symmetric weights, asymmetric activations), a few hundred samples to initialise ranges;
-#: residual adds, layer norms and the small embedding tables kept in float, where INT8 costs accuracy
-#: and buys little speed. The word-embedding table is quantized like a linear's weights (NNCF: per
-#: row, symmetric, 8 bits): it is most of a small model's IR, and training it on the grid the IR
-#: stores makes the INT8 table exact instead of a rounding applied after training.
+#: preset (symmetric weights, asymmetric activations), a few hundred samples to initialise ranges,
+#: and embeddings, residual adds and layer norms kept in float, where INT8 costs accuracy and buys
+#: little speed.
 DEFAULT_QUANTIZATION: dict[str, Any] = {
     "algorithm": "quantization",
     "preset": "mixed",
     "initializer": {"range": {"num_init_samples": 300, "type": "mean_min_max"}},
-    "ignored_scopes": [SHARED_EMBEDDINGS_SCOPE, "{re}.*__add___\\d+", "{re}.*layer_norm_\\d+"],
+    "ignored_scopes": ["{re}.*NNCFEmbedding.*", "{re}.*__add___\\d+", "{re}.*layer_norm_\\d+"],
 }
 
 RANGE_TYPES = ("min_max", "mean_min_max", "percentile", "mean_percentile")
@@ -65,8 +59,10 @@ class QuantizationConfig:
     overflow_fix: str = "enable"
     ignored_scopes: list[str] = field(default_factory=list)
     target_device: str = "ANY"
-    #: qacompress's own key `ir_embeddings` ("int8" | "float"): the INT8 IR stores the word-embedding
-    #: table as INT8 weights (weights-only; the lookups stay float), since QAT leaves it float.
+    #: qacompress's own key `ir_embeddings` ("int8" | "float"): when QAT kept the word-embedding table
+    #: float (a config that ignores `NNCFEmbedding`), the INT8 IR still stores it as INT8 weights
+    #: (weights-only, rounded after training; the lookups stay float) unless this says "float". A table
+    #: QAT quantized (the default) is stored as trained either way.
     int8_embeddings: bool = True
 
 

@@ -128,10 +128,12 @@ def to_openvino(
 def compress_weights(ov_model, *, embeddings_only: bool):
     """INT8 weights-only compression (NNCF, per output channel / per embedding row, asymmetric).
 
-    `embeddings_only` restricts it to the word-embedding lookup: QAT leaves the tables in float, and the
-    word embeddings alone are 30,522 x hidden floats, most of a small model's IR. The position and
-    token-type tables stay float: they are small, and their rounding reaches every token of every
-    input (on the README's FP32 MiniLM, INT8 position tables cost 0.37 F1, the word table alone 0.12).
+    `embeddings_only` restricts it to the word-embedding lookup, for a table QAT kept in float (configs
+    that ignore `NNCFEmbedding`): the word embeddings alone are 30,522 x hidden floats, most of a small
+    model's IR. A table QAT quantized is already INT8 behind its scale, which NNCF leaves alone. The
+    position and token-type tables stay float: they are small, and their rounding reaches every token
+    of every input (on the README's FP32 MiniLM, INT8 position tables cost 0.37 F1, the word table
+    alone 0.12).
     """
     from qacompress.quantization import _nncf
 
@@ -141,6 +143,14 @@ def compress_weights(ov_model, *, embeddings_only: bool):
         small_tables = [f".*{name}.*" for name in SHARED_EMBEDDINGS]
         ignored = nncf.IgnoredScope(types=["MatMul"], patterns=small_tables, validate=False)
     return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+
+
+def constant_value(output) -> np.ndarray:
+    """The float32 value of an OpenVINO output computed from constants only (e.g. a decompressed weight)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ov.Model([output], []), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.asarray(compiled({})[0], dtype=np.float32)
 
 
 def dequantize(ov_model):
@@ -154,16 +164,13 @@ def dequantize(ov_model):
     import openvino as ov
     from openvino import opset13 as ops
 
-    core = ov.Core()
-
     def constant(node) -> bool:
         if node.get_type_name() == "Constant":
             return True
         return node.get_input_size() > 0 and all(constant(v.get_node()) for v in node.input_values())
 
     def evaluate(output):
-        value = core.compile_model(ov.Model([output], []), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({})[0]
-        return ops.constant(np.asarray(value, dtype=np.float32)).output(0)
+        return ops.constant(constant_value(output)).output(0)
 
     for op in ov_model.get_ordered_ops():
         if op.get_type_name() == "FakeQuantize" and not constant(op.input_value(0).get_node()):

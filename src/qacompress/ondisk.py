@@ -12,6 +12,7 @@ FROZEN_MASKS = "frozen_masks"  # parameter masks kept at zero while a pruned mod
 KEPT = "kept"  # heads and neurons each layer kept
 REPORT = "report"  # extra compression-report entries (how the structure was chosen)
 INT8_EMBEDDINGS = "int8_embeddings"  # whether the INT8 IR stores its embedding tables as INT8
+WORD_TABLE_HELD = "word_table_held"  # the word table sits on its INT8 grid and is not trained (`wordtable`)
 
 #: `config.json` attribute with the per-layer sizes of a physically pruned model.
 PRUNING_CONFIG_ATTR = "qacompress_pruning"

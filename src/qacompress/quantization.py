@@ -27,6 +27,7 @@ from torch import nn
 from qacompress.config import QuantizationConfig
 from qacompress.errors import ConfigError
 from qacompress.scopes import matches, matches_any, op_scopes
+from qacompress.wordtable import hold_word_table
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,18 @@ def quantize_model(
     except (ValueError, nncf.ValidationError) as exc:
         raise _settings_error(config, exc, source) from exc
     quantized.train(was_training)
+    if config.int8_embeddings and not quantizes_word_table(quantized):
+        hold_word_table(quantized)
     return quantized
+
+
+def quantizes_word_table(model: nn.Module) -> bool:
+    """Whether NNCF put a quantizer on the word-embedding table (configs that do not ignore embeddings)."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+    table_input = "pre_hooks." + name.replace(".", "/") + "/embedding/"
+    return any(hook.startswith(table_input) for hook, _ in get_hook_storage(model).named_hooks())
 
 
 def _settings_error(config: QuantizationConfig, exc: Exception, source: str) -> Exception:
