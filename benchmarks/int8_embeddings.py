@@ -3,7 +3,9 @@
 its EM/F1 on the dev slice at each `--lengths` (each length gives other windows, so another draw of
 the rounding noise), and how many questions get the same answer text from both IRs. A float (FP32)
 model beside the QAT one shows the tables' own effect, without the 8-bit activation rounding that
-amplifies any perturbation in a fake-quantized model.
+amplifies any perturbation in a fake-quantized model. A model whose word table QAT held on its INT8
+grid (the default since 2026-11) or quantized (a config that lets NNCF quantize embeddings) has one
+IR only, its table stored as trained ("int8 (trained)").
 
     python benchmarks/int8_embeddings.py runs/minilm-qat150 runs/minilm-fp32 --name int8_embeddings_minilm_qat
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +25,7 @@ from common import SQUAD, write_results  # noqa: E402
 from qacompress.evaluation import evaluate  # noqa: E402
 from qacompress.export import compress_weights, example_inputs, save_ir_dir, to_openvino  # noqa: E402
 from qacompress.models import IR_FILE, load_qa_model, load_tokenizer  # noqa: E402
+from qacompress.wordtable import holds_word_table  # noqa: E402
 
 
 def ir_mb(directory: Path) -> float:
@@ -29,15 +33,25 @@ def ir_mb(directory: Path) -> float:
     return round((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6, 2)
 
 
+def float_word_table(ov_model) -> bool:
+    """Whether the IR's word-embedding lookup reads a plain float constant (QAT left the table float)."""
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() == "Gather" and "word_embeddings" in op.get_friendly_name():
+            table = op.input_value(0).get_node()
+            return table.get_type_name() == "Constant" and table.get_element_type().is_real()
+    raise ValueError("no word-embedding Gather in the IR")
+
+
 def table_variants(model_dir: Path, out: Path) -> dict[str, Path]:
-    """The model's IR (INT8 for a QAT model, else FP32) with INT8 and with float embedding tables."""
+    """The model's IR (INT8 for a QAT model, else FP32) with INT8 and with float embedding tables, or
+    the one IR of a model that trained with its INT8 table (held or quantized by NNCF)."""
     model, tokenizer = load_qa_model(str(model_dir)), load_tokenizer(str(model_dir))
-    dirs = {}
-    for tables in ("int8", "float"):
-        ov_model = to_openvino(model, example_inputs(tokenizer), int8_embeddings=False)
-        if tables == "int8":
-            ov_model = compress_weights(ov_model, embeddings_only=True)
-        dirs[tables] = save_ir_dir(ov_model, model_dir, out / tables)
+    ov_model = to_openvino(model, example_inputs(tokenizer), int8_embeddings=False)
+    if holds_word_table(model) or not float_word_table(ov_model):
+        trained = compress_weights(ov_model, embeddings_only=True)  # exact for a held table, a no-op for NNCF's
+        return {"int8 (trained)": save_ir_dir(trained, model_dir, out / "trained")}
+    dirs = {"float": save_ir_dir(ov_model, model_dir, out / "float")}
+    dirs["int8"] = save_ir_dir(compress_weights(ov_model, embeddings_only=True), model_dir, out / "int8")
     return dirs
 
 
@@ -49,6 +63,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--doc_stride", type=int, default=128)
     args = parser.parse_args(argv)
     results: dict[str, dict] = {}
+    summary: list[str] = []
     lines = ["Embedding tables of each model's IR (dev slice, padded, batch 32)", "",
              "| model | length | tables | IR MB | EM | F1 | same answer text as the other IR |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -64,11 +79,17 @@ def main(argv: list[str]) -> int:
                                       batch_size=32, progress=False, output_dir=out)  # fmt: skip
                     answers[tables] = json.loads((out / "eval_predictions.json").read_text())
                     rows[tables] = {"ir_mb": sizes[tables], "exact_match": scores["exact_match"], "f1": scores["f1"]}
-                same = sum(answers["int8"][q] == answers["float"][q] for q in answers["int8"])
-                by_length[length] = {"rows": rows, "same_answer": same, "questions": len(answers["int8"])}
+                questions = len(next(iter(answers.values())))
+                same = sum(answers["int8"][q] == answers["float"][q] for q in answers["int8"]) if len(dirs) == 2 else None
+                by_length[length] = {"rows": rows, "same_answer": same, "questions": questions}
+                agree = "-" if same is None else f"{same} of {questions}"
                 lines += [f"| `{model_dir}` | {length} | {k} | {r['ir_mb']:.1f} | {r['exact_match']:.2f} | {r['f1']:.2f} "
-                          f"| {same} of {len(answers['int8'])} |" for k, r in rows.items()]  # fmt: skip
-        results[str(model_dir)] = {"ir_mb": sizes, "lengths": by_length}
+                          f"| {agree} |" for k, r in rows.items()]  # fmt: skip
+        means = {k: round(statistics.mean(by_length[n]["rows"][k]["f1"] for n in args.lengths), 2) for k in dirs}
+        results[str(model_dir)] = {"ir_mb": sizes, "lengths": by_length, "mean_f1": means}
+        summary.append(f"| `{model_dir}` | " + ", ".join(f"{k} {f:.2f}" for k, f in means.items()) + " |")
+    lines += ["", f"Mean F1 over the lengths {args.lengths} (each length is another draw of the rounding noise)", "",
+              "| model | mean F1 by tables |", "|---|---|", *summary]  # fmt: skip
     text = "\n".join(lines)
     print(text)
     write_results(args.name, {"settings": vars(args) | {"models": [str(m) for m in args.models]},

@@ -1,7 +1,8 @@
 """Training cost: optimizer-step time and peak memory of FP32, QAT and JPQD steps, same batch and length.
 
 Each configuration runs a few real `QACompressTrainer` steps of MiniLM-L6 in its own process (peak
-memory is that process's): FP32 fine-tuning; QAT (NNCF quantizers); JPQD warm-up (movement masks +
+memory is that process's): FP32 fine-tuning; QAT (NNCF quantizers; the default config holds the word
+table on its INT8 grid, untrained); QAT training the word table in float (`ir_embeddings: float`); JPQD warm-up (movement masks +
 teacher forward); JPQD fine-tuning (the pruned model + quantizers + teacher). Median step time over the
 steps after warm-up. Writes `benchmarks/results/training_cost.json` and `.md`.
 JPQD fine-tuning steps use the heads/neurons kept by the MiniLM JPQD run (50% if it has not run).
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SQUAD, jpqd_keep, write_results  # noqa: E402
 
 JPQD_CONFIG = ROOT / "configs" / "minilm-jpqd.json"
-KINDS = ("fp32", "qat", "jpqd_warmup", "jpqd_finetune")
+KINDS = ("fp32", "qat", "qat_float_table", "jpqd_warmup", "jpqd_finetune")
 
 
 def build(kind: str, features):
@@ -49,9 +50,10 @@ def build(kind: str, features):
         callbacks.append(MovementScheduleCallback(attach_movement_pruning(model, movement)))
     if kind == "jpqd_finetune":
         prune_(model, jpqd_keep(model.config))
-    if kind in ("qat", "jpqd_finetune"):
+    if kind in ("qat", "qat_float_table", "jpqd_finetune"):
         samples = calibration_samples(features, 32, 0)
-        model = quantize_model(model, default_compression_config().quantization, samples)
+        config = default_compression_config().quantization
+        model = quantize_model(model, dataclasses.replace(config, int8_embeddings=kind != "qat_float_table"), samples)
     return model, teacher, callbacks
 
 

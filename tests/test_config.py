@@ -143,12 +143,20 @@ def test_default_config_is_mixed_qat_that_keeps_embeddings_adds_and_norms_in_flo
     assert q.num_init_samples == 300
     assert q.range_type == "mean_min_max"
     assert q.ignored_scopes == ["{re}.*NNCFEmbedding.*", "{re}.*__add___\\d+", "{re}.*layer_norm_\\d+"]
+    assert q.int8_embeddings  # the word table is held on its INT8 grid during QAT (qacompress.wordtable)
     # A fresh copy each time: changing one config must not change the default.
     q.ignored_scopes.append("x")
     config.raw[0]["preset"] = "performance"
     again = default_compression_config()
     assert "x" not in again.quantization.ignored_scopes
     assert DEFAULT_QUANTIZATION["preset"] == "mixed"
+
+
+def test_readme_shows_the_default_config():
+    """The README's "Default QAT config" block is the default itself (users copy it to start a config)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("**Default QAT config**", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert json.loads(block) == DEFAULT_QUANTIZATION
 
 
 def test_comments_and_trailing_commas_are_accepted(tmp_path):

@@ -75,6 +75,25 @@ def test_qat_ir_is_int8_and_agrees_with_torch(qat_run: Path) -> None:
     assert same >= 0.9 * len(torch_answers), f"only {same}/{len(torch_answers)} identical answers"
 
 
+def test_qat_holds_the_word_table_on_its_int8_grid(qat_run: Path, tiny_bert_dir: Path) -> None:
+    """The default QAT trains around its word table rounded to the IR's INT8 grid: the table in the
+    final model and in a checkpoint is the starting table rounded, untouched by training at a learning
+    rate that moves every trained table (the position table here)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from qacompress.wordtable import int8_grid
+
+    words, positions = (f"bert.embeddings.{t}_embeddings.weight" for t in ("word", "position"))
+    start = load_file(str(tiny_bert_dir / "model.safetensors"))
+    held = int8_grid(start[words])
+    assert not torch.equal(held, start[words])
+    for directory in (qat_run, next(qat_run.glob("checkpoint-*"))):
+        saved = load_file(str(directory / "model.safetensors"))
+        assert torch.equal(saved[words], held), directory.name
+        assert not torch.equal(saved[positions], start[positions])
+
+
 def test_evaluate_command_on_ir_and_torch(qat_run: Path, squad_dir: Path, tmp_path: Path, capsys) -> None:
     dev = str(squad_dir / "v1.1" / "dev.json")
     common = ["--validation_file", dev, "--max_eval_samples", "40", "--max_seq_length", "128", "--doc_stride", "48"]

@@ -59,10 +59,10 @@ class QuantizationConfig:
     overflow_fix: str = "enable"
     ignored_scopes: list[str] = field(default_factory=list)
     target_device: str = "ANY"
-    #: qacompress's own key `ir_embeddings` ("int8" | "float"): when QAT kept the word-embedding table
-    #: float (a config that ignores `NNCFEmbedding`), the INT8 IR still stores it as INT8 weights
-    #: (weights-only, rounded after training; the lookups stay float) unless this says "float". A table
-    #: QAT quantized (the default) is stored as trained either way.
+    #: qacompress's own key `ir_embeddings` ("int8" | "float"): the INT8 IR stores the word-embedding
+    #: table as INT8 weights (weights-only; the lookups stay float), and QAT holds the table on that
+    #: grid from its first step (`qacompress.wordtable`). "float" trains and ships it in float. A table
+    #: the config has NNCF quantize (one not ignored) trains through its quantizer either way.
     int8_embeddings: bool = True
 
 
