@@ -128,12 +128,13 @@ def to_openvino(
 def compress_weights(ov_model, *, embeddings_only: bool):
     """INT8 weights-only compression (NNCF, per output channel / per embedding row, asymmetric).
 
-    `embeddings_only` restricts it to the word-embedding lookup, for a table QAT kept in float (configs
-    that ignore `NNCFEmbedding`): the word embeddings alone are 30,522 x hidden floats, most of a small
-    model's IR. A table QAT quantized is already INT8 behind its scale, which NNCF leaves alone. The
-    position and token-type tables stay float: they are small, and their rounding reaches every token
-    of every input (on the README's FP32 MiniLM, INT8 position tables cost 0.37 F1, the word table
-    alone 0.12).
+    `embeddings_only` restricts it to the word-embedding lookup: the word embeddings alone are 30,522 x
+    hidden floats, most of a small model's IR. QAT held that table on this very grid (`wordtable`), so
+    compressing it again gives the same values; a table trained in float (an FP32 model, or QAT from
+    before tables were held) is rounded here; one NNCF quantized during QAT is already INT8 behind its
+    scale, which NNCF leaves alone. The position and token-type tables stay float: they are small, and
+    their rounding reaches every token of every input (on the README's FP32 MiniLM, INT8 position
+    tables cost 0.37 F1, the word table alone 0.12).
     """
     from qacompress.quantization import _nncf
 
