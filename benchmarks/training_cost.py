@@ -6,7 +6,7 @@ table on its INT8 grid, untrained); QAT training the word table in float (`ir_em
 teacher forward); JPQD fine-tuning (the pruned model + quantizers + teacher). Median step time over the
 steps after warm-up. Writes `benchmarks/results/training_cost.json` and `.md`.
 JPQD fine-tuning steps use the heads/neurons kept by the MiniLM JPQD run (50% if it has not run).
-Usage: `python benchmarks/training_cost.py [--steps N] [--batch 8] [--seq 384]`.
+Usage: `python benchmarks/training_cost.py [--steps N] [--batch 8] [--seq 384] [--name training_cost]`.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=384)
+    parser.add_argument("--name", default="training_cost", help="artefact name under benchmarks/results/")
     args = parser.parse_args(argv)
     ctx = mp.get_context("spawn")
     results = []
@@ -132,7 +133,7 @@ def main(argv: list[str]) -> int:
         lines.append(f"| {r['kind']} | {r['step_seconds_median']:.2f} | {r['ratio_to_fp32']:.2f} | {r['peak_rss_mb']:.0f} |")
     text = "\n".join(lines)
     print(text)
-    write_results("training_cost", {"settings": vars(args), "results": results}, text)
+    write_results(args.name, {"settings": vars(args), "results": results}, text)
     return 0
 
 
