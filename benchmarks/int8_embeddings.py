@@ -25,6 +25,7 @@ from common import SQUAD, write_results  # noqa: E402
 from qacompress.evaluation import evaluate  # noqa: E402
 from qacompress.export import compress_weights, example_inputs, save_ir_dir, to_openvino  # noqa: E402
 from qacompress.models import IR_FILE, load_qa_model, load_tokenizer  # noqa: E402
+from qacompress.quantization import is_quantized, quantizes_word_table  # noqa: E402
 from qacompress.wordtable import holds_word_table  # noqa: E402
 
 
@@ -33,21 +34,12 @@ def ir_mb(directory: Path) -> float:
     return round((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6, 2)
 
 
-def float_word_table(ov_model) -> bool:
-    """Whether the IR's word-embedding lookup reads a plain float constant (QAT left the table float)."""
-    for op in ov_model.get_ordered_ops():
-        if op.get_type_name() == "Gather" and "word_embeddings" in op.get_friendly_name():
-            table = op.input_value(0).get_node()
-            return table.get_type_name() == "Constant" and table.get_element_type().is_real()
-    raise ValueError("no word-embedding Gather in the IR")
-
-
 def table_variants(model_dir: Path, out: Path) -> dict[str, Path]:
     """The model's IR (INT8 for a QAT model, else FP32) with INT8 and with float embedding tables, or
     the one IR of a model that trained with its INT8 table (held or quantized by NNCF)."""
     model, tokenizer = load_qa_model(str(model_dir)), load_tokenizer(str(model_dir))
     ov_model = to_openvino(model, example_inputs(tokenizer), int8_embeddings=False)
-    if holds_word_table(model) or not float_word_table(ov_model):
+    if holds_word_table(model) or (is_quantized(model) and quantizes_word_table(model)):
         trained = compress_weights(ov_model, embeddings_only=True)  # exact for a held table, a no-op for NNCF's
         return {"int8 (trained)": save_ir_dir(trained, model_dir, out / "trained")}
     dirs = {"float": save_ir_dir(ov_model, model_dir, out / "float")}

@@ -19,7 +19,7 @@ from torch import nn
 
 from qacompress.errors import ModelError
 from qacompress.ondisk import BIAS_SCORE, NNCF_HOOKS, QUANTIZER_LAYOUT, STATE_FILE, WEIGHT_SCORE, WORD_TABLE_HELD
-from qacompress.wordtable import hold_word_table, holds_word_table
+from qacompress.wordtable import freeze_word_table, holds_word_table
 
 FORMAT_VERSION = 1
 
@@ -87,7 +87,7 @@ def apply_compression_state(model: nn.Module, state: dict[str, Any] | None) -> n
     """Re-attach the quantizers described by `state` and load every compression tensor.
 
     Modules other than quantizers (movement scores) must already be attached. A held word table
-    (`wordtable`) is held again, so that a resumed run's optimizer sees the parameters it saved.
+    (`wordtable`) is frozen again, so that a resumed run's optimizer sees the parameters it saved.
     """
     if not state:
         return model
@@ -97,7 +97,7 @@ def apply_compression_state(model: nn.Module, state: dict[str, Any] | None) -> n
         model = restore_quantization(model, state[QUANTIZER_LAYOUT])
     load_compression_tensors(model, state)
     if state.get(WORD_TABLE_HELD):
-        hold_word_table(model)
+        freeze_word_table(model)
     return model
 
 

@@ -33,12 +33,16 @@ def int8_grid(table: torch.Tensor) -> torch.Tensor:
 
 
 def hold_word_table(model: nn.Module) -> None:
-    """Put the word table on its INT8 grid and stop training it (QAT set-up; again when a held model
-    is loaded, where the rounding changes nothing)."""
+    """Put the word table on its INT8 grid and stop training it (QAT set-up)."""
     weight = model.get_input_embeddings().weight
     with torch.no_grad():
         weight.copy_(int8_grid(weight))
-    weight.requires_grad_(False)
+    freeze_word_table(model)
+
+
+def freeze_word_table(model: nn.Module) -> None:
+    """Stop training the word table: a held model loaded again, whose saved table is already on its grid."""
+    model.get_input_embeddings().weight.requires_grad_(False)
 
 
 def holds_word_table(model: nn.Module) -> bool:
