@@ -17,7 +17,10 @@ on the CPU (`qacompress.variants` measures them):
   activation quantizers removed. The latent float weights behind the quantizers were never used by
   any forward pass, so the folded ones are the closer float twin of what was trained and evaluated.
 - `int8_weights`: the `fp32` IR with its MatMul and embedding weights stored as INT8 (NNCF weight
-  compression); activations stay float, so the CPU needs no INT8 dot product to gain from it.
+  compression). The IR keeps activations float; on AVX2-only CPUs OpenVINO computes them so, while on
+  VNNI/AMX CPUs it quantizes each such layer's input to 8 bits per group of 32 at run time (its
+  `DYNAMIC_QUANTIZATION_GROUP_SIZE` default there), a rounding of the runtime's that the variants'
+  F1 measurement includes.
 """
 
 from __future__ import annotations
