@@ -69,9 +69,11 @@ def dir_size_mb(path: str | Path, backend: str) -> float:
 
 
 def synthetic_inputs(batch: int, length: int, vocab_size: int, names: tuple[str, ...], seed: int) -> dict[str, np.ndarray]:
-    """Token ids of a given shape (speed does not depend on which tokens they are)."""
+    """Token ids of a given shape (speed does not depend on which tokens they are). Ordinary words of a
+    WordPiece vocabulary start near id 1000; a smaller vocabulary draws from its upper half."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, min(vocab_size, 20000), size=(batch, length), dtype=np.int64)
+    high = min(vocab_size, 20000)
+    ids = rng.integers(min(1000, high // 2), high, size=(batch, length), dtype=np.int64)
     inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     inputs["token_type_ids"][:, length // 4 :] = 1
     return {k: v for k, v in inputs.items() if k in names}
