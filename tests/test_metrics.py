@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qacompress.metrics import exact_match_score, f1_score, normalize_answer, squad_metrics
+from qacompress.intervals import paired_bootstrap
+from qacompress.metrics import exact_match_score, f1_score, normalize_answer, question_scores, squad_metrics
 
 
 @pytest.mark.parametrize(
@@ -154,3 +156,40 @@ def test_v2_best_threshold_with_missing_prediction() -> None:
 def test_v2_null_odds_must_cover_predictions() -> None:
     with pytest.raises(ValueError, match="null_odds"):
         squad_metrics({"a": "x"}, {"a": ["x"]}, version_2=True, null_odds={})
+
+
+# --- per-question scores and the paired bootstrap --------------------------------------------------
+
+
+def test_question_scores_are_what_squad_metrics_averages() -> None:
+    references = {"a": ["Denver Broncos"], "b": ["Carolina Panthers", "Panthers"], "c": ["Santa Clara"]}
+    predictions = {"a": "the Denver Broncos", "b": "Panthers won"}
+    exact, f1, missing = question_scores(predictions, references)
+    assert exact == {"a": 1.0, "b": 0.0, "c": 0.0} and missing == 1
+    assert f1 == {"a": 1.0, "b": pytest.approx(2 / 3), "c": 0.0}  # "panthers won" vs "panthers": P 1/2, R 1
+    with pytest.warns(UserWarning, match="1 of 3"):
+        total = squad_metrics(predictions, references)
+    assert total["f1"] == pytest.approx(100 * sum(f1.values()) / 3) and total["exact_match"] == pytest.approx(100 / 3)
+
+
+def test_paired_bootstrap_on_a_known_difference() -> None:
+    """A constant shift has a zero-width interval; a noisy one has the width normal theory gives
+    (1.96 standard errors of the paired differences, for a mean over many questions) and contains
+    the difference the questions were drawn around."""
+    ids = [f"q{i}" for i in range(4000)]
+    a = {q: 0.5 for q in ids}
+    shifted = paired_bootstrap(a, {q: 0.53 for q in ids}, resamples=500)
+    assert shifted.diff == pytest.approx(3.0) and shifted.low == pytest.approx(3.0) and shifted.high == pytest.approx(3.0)
+    rng = np.random.default_rng(1)
+    first = dict(zip(ids, rng.integers(0, 2, len(ids)).astype(float)))  # EM-like 0/1 scores
+    flips = rng.random(len(ids)) < 0.1  # the second model changes 10% of the answers
+    second = {q: (1.0 - first[q]) if flip else first[q] for q, flip in zip(ids, flips)}
+    d = 100 * (np.array([second[q] for q in ids]) - np.array([first[q] for q in ids]))
+    result = paired_bootstrap(first, second, resamples=2000)
+    assert result.diff == pytest.approx(d.mean())
+    half_width = 1.96 * d.std() / np.sqrt(len(ids))
+    assert (result.high - result.low) / 2 == pytest.approx(half_width, rel=0.1), (result, half_width)
+    assert result.low < d.mean() < result.high and result.questions == 4000
+    # Unpaired data (different questions) is refused rather than compared.
+    with pytest.raises(ValueError, match="different questions"):
+        paired_bootstrap(first, {**second, "extra": 1.0})

@@ -85,6 +85,30 @@ def _find_best_thresh(
     return 100.0 * best / len(has_ans), float(best_thresh)
 
 
+def question_scores(
+    predictions: dict[str, str], references: dict[str, list[str]], *, version_2: bool = False
+) -> tuple[dict[str, float], dict[str, float], int]:
+    """(exact match, F1, how many references had no prediction): per question id, as fractions in [0, 1].
+
+    The per-question scores are what a paired comparison of two models resamples
+    (`qacompress.intervals`); `squad_metrics` averages them. A reference without a prediction scores 0.
+    """
+    if not references:
+        raise ValueError("references is empty; there is nothing to score")
+    exact: dict[str, float] = {}
+    f1: dict[str, float] = {}
+    missing = 0
+    for qid, answers in references.items():
+        if qid not in predictions:
+            missing += 1
+            exact[qid] = f1[qid] = 0.0
+            continue
+        golds = _gold_answers(list(answers), version_2)
+        exact[qid] = max(exact_match_score(predictions[qid], g) for g in golds)
+        f1[qid] = max(f1_score(predictions[qid], g) for g in golds)
+    return exact, f1, missing
+
+
 def squad_metrics(
     predictions: dict[str, str],
     references: dict[str, list[str]],
@@ -102,20 +126,7 @@ def squad_metrics(
     no-answer threshold is searched; that search is meaningful when the predictions are the best
     non-null spans.
     """
-    if not references:
-        raise ValueError("references is empty; there is nothing to score")
-    exact: dict[str, float] = {}
-    f1: dict[str, float] = {}
-    missing = 0
-    for qid, answers in references.items():
-        if qid not in predictions:
-            missing += 1
-            exact[qid] = f1[qid] = 0.0
-            continue
-        golds = _gold_answers(list(answers), version_2)
-        exact[qid] = max(exact_match_score(predictions[qid], g) for g in golds)
-        f1[qid] = max(f1_score(predictions[qid], g) for g in golds)
-
+    exact, f1, missing = question_scores(predictions, references, version_2=version_2)
     ids = list(references)
     result: dict[str, float] = {"exact_match": _average(exact, ids), "f1": _average(f1, ids)}
     if version_2:
