@@ -25,6 +25,7 @@ import numpy as np
 
 from qacompress import atomic
 from qacompress.errors import QACompressError
+from qacompress.metrics import question_scores
 from qacompress.models import IR_FILE
 
 
@@ -57,6 +58,8 @@ class ModelResult:
     metrics: dict[str, float] = field(default_factory=dict)
     #: batch-1 latency over the validation file's features at their true lengths: p50/p90 ms, total s
     real_length: dict[str, float] = field(default_factory=dict)
+    #: with `validation["per_question"]`: {"exact_match": {id: 0/1}, "f1": {id: [0, 1]}}, for paired intervals
+    question_scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def dir_size_mb(path: str | Path, backend: str) -> float:
@@ -152,14 +155,19 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
         inputs = synthetic_inputs(1, settings.throughput_seq_length, vocab, runner.input_names, settings.seed)
         result.throughput_samples_per_s = openvino_throughput(path, inputs, settings)
     if validation:
-        result.metrics, features = _accuracy(path, runner, validation)
-        result.real_length = real_length_latency(runner, features)
+        result.metrics, features, scores = _accuracy(path, runner, validation)
+        if validation.get("per_question"):
+            result.question_scores = scores
+        timed = validation.get("latency_features")
+        result.real_length = real_length_latency(runner, features.select(range(min(timed, len(features)))) if timed else features)
     result.peak_rss_mb = peak_rss_mb()
     return asdict(result)
 
 
-def _accuracy(path: str, runner, validation: dict) -> tuple[dict[str, float], object]:
-    """EM/F1 (and timings) on the validation file; also returns its features for `real_length_latency`."""
+def _accuracy(path: str, runner, validation: dict) -> tuple[dict[str, float], object, dict[str, dict[str, float]]]:
+    """EM/F1 (and timings) on the validation file; also returns its features (for `real_length_latency`)
+    and each question's scores."""
+    from qacompress.data import gold_answers
     from qacompress.evaluation import DecodeSettings, eval_data, evaluate_runner
     from qacompress.models import load_tokenizer
 
@@ -167,8 +175,10 @@ def _accuracy(path: str, runner, validation: dict) -> tuple[dict[str, float], ob
         validation["file"], load_tokenizer(path), max_seq_length=validation["max_seq_length"],
         doc_stride=validation["doc_stride"], max_samples=validation.get("max_samples"), pad_to_max_length=False,
     )  # fmt: skip
-    _, metrics = evaluate_runner(runner, examples, features, DecodeSettings(), progress=False)
-    return {k: metrics[k] for k in ("exact_match", "f1", "model_runtime", "postprocess_runtime")}, features
+    predictions, metrics = evaluate_runner(runner, examples, features, DecodeSettings(), progress=False)
+    exact, f1, _ = question_scores(predictions.answers, gold_answers(examples))
+    kept = {k: metrics[k] for k in ("exact_match", "f1", "model_runtime", "postprocess_runtime")}
+    return kept, features, {"exact_match": exact, "f1": f1}
 
 
 def real_length_latency(runner, features, warmup: int = 3) -> dict[str, float]:
