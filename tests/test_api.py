@@ -1,11 +1,16 @@
-"""The README's Python API example, run as written from the repository root, and the package's lazy verbs."""
+"""The README's Python API example, run as written from the repository root (also the suite's one
+integration run on the real all-MiniLM-L6-v2 and the real SQuAD slices: default QAT, export,
+evaluation of torch model and IR), and the package's lazy verbs."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,8 +21,10 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs_as_written(squad_dir):
     assert "../shared/data/squad" in readme_example()
+    out = REPO / "runs" / "api-demo"
     done = subprocess.run([sys.executable, "-c", readme_example()], cwd=REPO, capture_output=True, text=True,
                           timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -29,6 +36,15 @@ def test_readme_python_example_runs_as_written(squad_dir):
     assert evaluated.group(1) == trained.group(2)
     assert answer.group(1) in "The Denver Broncos defeated the Carolina Panthers 24-10." and answer.group(1)
     assert 0.0 < float(answer.group(2)) <= 1.0
+    # The packaged MiniLM, quantized by the default config, exported with INT8 weights and FakeQuantize.
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_size"] == 384 and config["num_hidden_layers"] == 6, config
+    assert config["architectures"] == ["BertForQuestionAnswering"]
+    xml = (out / "openvino_model.xml").read_text()
+    assert 'type="FakeQuantize"' in xml and 'element_type="i8"' in xml
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["eval_samples"] == results["eval_openvino_samples"] == 16, results
+    assert len(json.loads((out / "eval_openvino_predictions.json").read_text())) == 16
 
 
 def test_import_is_light_and_verbs_resolve():

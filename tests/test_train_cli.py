@@ -208,6 +208,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, tiny_bert_dir: Path, s
     assert no_model.returncode == 2 and "no such model directory" in no_model.stderr
 
 
+@pytest.mark.slow
 def test_run_qa_script_runs_the_seed_command(tmp_path: Path, tiny_bert_dir: Path, squad_dir: Path) -> None:
     """The seed README's command, verbatim but for local model and data paths."""
     out = tmp_path / "outputs_squad"
