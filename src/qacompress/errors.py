@@ -49,3 +49,13 @@ class ConfigError(QACompressError):
 
 class ModelError(QACompressError):
     """A model or tokenizer cannot be used (missing path, no fast tokenizer, not QA-capable)."""
+
+
+class BudgetError(QACompressError, ValueError):
+    """A cost budget below what no pruning removes (the fixed cost of embeddings, QA head, per-layer
+    overheads): `smallest` is the least fraction of the full cost that can be reached, rounded up to
+    three decimals, so that a budget of exactly `smallest` is accepted."""
+
+    def __init__(self, message: str, *, fraction: float, smallest: float) -> None:
+        self.fraction, self.smallest = fraction, smallest
+        super().__init__(message)

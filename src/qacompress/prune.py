@@ -33,7 +33,7 @@ from qacompress.architecture import require_layout
 from qacompress.atomic import staged_files
 from qacompress.config import CompressionConfig
 from qacompress.data import load_examples
-from qacompress.errors import DataError, QACompressError
+from qacompress.errors import BudgetError, DataError, QACompressError
 from qacompress.evaluation import DecodeSettings, eval_data, score_model_dir
 from qacompress.export import export_openvino, quantize_ir, save_model_dir
 from qacompress.features import MODEL_INPUT_NAMES, prepare_eval_features
@@ -135,6 +135,14 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         summary["latency_table"] = table.to_dict()
     try:
         selection: Selection = select_structure(importance, costs, fraction)
+    except BudgetError as exc:
+        # Only a latency table has a fixed cost (embeddings, QA head, per-layer overheads, as measured).
+        raise BudgetError(
+            f"--target_{kind} {fraction} is below the fixed cost: the smallest reachable is {exc.smallest:.3f} x the "
+            f"full model's {'latency' if kind == 'latency' else 'MACs'} (embeddings, QA head and per-layer overheads "
+            "are not pruned)",
+            fraction=fraction, smallest=exc.smallest,
+        ) from None
     except ValueError as exc:
         raise QACompressError(f"--target_{kind} {fraction}: {exc}") from None
     pruned = copy.deepcopy(model)

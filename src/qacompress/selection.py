@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qacompress.errors import BudgetError
 from qacompress.fisher import Importance
 from qacompress.structured import LayerKeep
 
@@ -84,8 +85,25 @@ def _ranked(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return order // width, order % width, cumulative
 
 
+def smallest_fraction(costs: UnitCosts, heads: int, neurons: int) -> float:
+    """The least budget, as a fraction of keeping all `heads` and `neurons`, that `select_structure`
+    accepts: the fixed cost's share, rounded up to three decimals (and up once more where float
+    arithmetic would put that budget a hair below the fixed cost)."""
+    full = costs.total(heads, neurons)
+    smallest = math.ceil(costs.fixed / full * 1000) / 1000
+    while smallest < 1 and smallest * full < costs.fixed:
+        smallest = round(smallest + 0.001, 3)
+    return min(smallest, 1.0)
+
+
 def select_structure(importance: Importance, costs: UnitCosts, fraction: float) -> Selection:
-    """The most important heads and neurons whose cost is at most `fraction` of keeping them all."""
+    """The most important heads and neurons whose cost is at most `fraction` of keeping them all.
+
+    What it guarantees (scores >= 0, as Fisher scores are): the kept heads are the k highest-scoring
+    heads and the kept neurons the n highest-scoring neurons (ties: lower flat index first); their
+    cost `costs.total(k, n)` is within `fraction` x `costs.total(all)`; and no other choice of heads
+    and neurons within that budget keeps more importance. Raises `BudgetError` (a user error naming
+    the smallest reachable fraction) when the budget does not even cover `costs.fixed`."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     head_layer, head_unit, head_cum = _ranked(importance.heads)
@@ -103,7 +121,12 @@ def select_structure(importance: Importance, costs: UnitCosts, fraction: float) 
         if best is None or score > best[0]:
             best = (score, k, n)
     if best is None:
-        raise ValueError(f"a budget of {fraction:.3f} x the full cost does not even cover the fixed cost")
+        smallest = smallest_fraction(costs, total_heads, total_neurons)
+        raise BudgetError(
+            f"a budget of {fraction:g} x the full cost is below the fixed cost: the smallest reachable is "
+            f"{smallest:.3f} x the full cost",
+            fraction=fraction, smallest=smallest,
+        )  # fmt: skip
     _, k, n = best
     layers = importance.heads.shape[0]
     keep = [LayerKeep() for _ in range(layers)]
