@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work"  # prepared models (ignored by git)
 RESULTS = ROOT / "benchmarks" / "results"
 SQUAD = ROOT.parent / "shared" / "data" / "squad" / "v1.1"
-RUNS = ROOT / "runs"  # models trained by the README's demo commands
+RUNS = ROOT / "runs"  # models trained by the demo commands of docs/results.md
 JPQD_REPORT = RUNS / "minilm-jpqd" / "compression_report.json"
 
 

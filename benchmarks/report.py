@@ -1,5 +1,5 @@
 """The speed/accuracy report: tables, target checks and the accuracy-vs-latency plot, from the results
-the other benchmark scripts wrote. Updates README.md between its `benchmarks:start/end` markers.
+the other benchmark scripts wrote. Updates docs/results.md between its `benchmarks:start/end` markers.
 Usage: `python benchmarks/report.py`.
 """
 
@@ -104,12 +104,13 @@ def main() -> int:
     text = "\n\n".join(parts)
     atomic.write_bytes(RESULTS / "accuracy_latency.png", plot(speed))
     write_results("report", {"targets": targets(speed, cost, share)}, text)
-    readme = ROOT / "README.md"
-    content = readme.read_text()
+    results_md = ROOT / "docs" / "results.md"
+    content = results_md.read_text()
     if START in content and END in content:
         head, rest = content.split(START, 1)
         _, tail = rest.split(END, 1)
-        atomic.write_bytes(readme, f"{head}{START}\n{text}\n{END}{tail}".encode())
+        block = text.replace("](benchmarks/results/", "](../benchmarks/results/")  # links relative to docs/
+        atomic.write_bytes(results_md, f"{head}{START}\n{block}\n{END}{tail}".encode())
     print(text)
     return 0
 

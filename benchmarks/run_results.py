@@ -1,5 +1,5 @@
 """Keep a finished run's figures as a committed artefact: `runs/` is not in the repository, so every EM/F1,
-size or wall time the README quotes from a `train` or `prune` run is copied here, with the command that
+size or wall time the README or docs/ quote from a `train` or `prune` run is copied here, with the command that
 produced it and the CPU it ran on.
 
     python benchmarks/run_results.py runs/minilm-fp32 --name run_minilm_fp32 --command "qacompress train ..."

@@ -275,7 +275,7 @@ def test_latency_fit_recovers_unit_costs():
 # interleaved rounds of one-layer points ranged 0.17-29 ms; 16 of 40 tables then attributed the whole
 # model's latency to its units (fixed cost clamped to 0) and 3 more put the fixed share below 0.3.
 # Whether the real measurement feeds the selection is tested at target 1.0 (feasible whatever it
-# measured) further below; the latency model's effect is measured on MiniLM (README).
+# measured) further below; the latency model's effect is measured on MiniLM (docs/results.md).
 H, N = 8, 128  # tiny BERT: 2 layers x 4 heads, 2 x 64 neurons
 TINY_SIZES = [{"heads": 4, "intermediate_size": 64}] * 2
 

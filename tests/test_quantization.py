@@ -369,7 +369,7 @@ def test_int8_embedding_table_is_the_float_one_rounded_per_row(float_tables_dir,
     """Each row of the stored table is its float row on a 256-level grid spanning the row's [min, max]:
     every entry within half a step (plus the rounding of a 16-bit scale). The logits move by what
     that rounding propagates: here at most 5% of the largest logit (the tiny random model's
-    embeddings dominate its output; measured on MiniLM the F1 change is in the README)."""
+    embeddings dominate its output; measured on MiniLM the F1 change is in docs/results.md)."""
     ir = read_ir(float_tables_dir)
     node = word_embedding_table(ir)
     table = ov.Core().compile_model(ov.Model([node.output(0)], []), "CPU")({})[0]
@@ -432,7 +432,7 @@ def unfixed(tiny_bert_dir, calibration):
     word table trains in float (`ir_embeddings: float`), as when these tests were written: with the
     held table, this model's emulated IR differs from torch at one token of 288 (2.4e-4 on one logit),
     one activation landing within summation-order distance of an 8-bit rounding boundary, the noise
-    floor the README describes; the held table's exactness is tested on the default model."""
+    floor docs/results.md describes; the held table's exactness is tested on the default model."""
     config = dataclasses.replace(default_compression_config().quantization, overflow_fix="disable", int8_embeddings=False)
     return quantize_model(load_qa_model(str(tiny_bert_dir)), config, calibration).eval()
 

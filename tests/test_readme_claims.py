@@ -1,4 +1,4 @@
-"""README claims that the end-to-end tests do not show by themselves, each checked on real
+"""README and docs/ claims that the end-to-end tests do not show by themselves, each checked on real
 components: what `nncf.quantize` is told (SmoothQuant and bias correction off, `num_init_samples`,
 range type, preset, quantizer mode/per_channel/signed), the movement schedule's end point and default
 epoch length, BERT aliases for the other BERT-layout families, which checkpoint a re-run resumes
@@ -51,7 +51,7 @@ def quantize(tiny_bert_dir, calibration, **settings):
 
 @pytest.fixture(scope="module")
 def mixed(tiny_bert_dir, calibration):
-    """The README's defaults: mixed preset, mean_min_max ranges."""
+    """The defaults of docs/configs.md: mixed preset, mean_min_max ranges."""
     return quantize(tiny_bert_dir, calibration)
 
 
@@ -264,7 +264,7 @@ def cpu_flags() -> set[str]:
 
 def test_inference_precision_reaches_openvino(tmp_path, tiny_bert_dir, squad_dir):
     """`--inference_precision bf16` evaluates the IR in bf16 on CPUs with AVX-512 (natively with AVX-512
-    BF16 or AMX, emulated on the others) and in f32 on AVX2-only CPUs, as README says; `auto` leaves
+    BF16 or AMX, emulated on the others) and in f32 on AVX2-only CPUs, as docs/training.md says; `auto` leaves
     OpenVINO's own default; the precision used is in eval_results.json. (Seen: bf16 on an AMX Xeon and
     on an AVX-512 VNNI Xeon without BF16, f32 on an AVX2-only EPYC.)"""
     import openvino as ov

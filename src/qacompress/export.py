@@ -136,7 +136,7 @@ def compress_weights(ov_model, *, embeddings_only: bool):
     compressing it again gives the same values; a table trained in float (an FP32 model, or QAT from
     before tables were held) is rounded here; one NNCF quantized during QAT is already INT8 behind its
     scale, which NNCF leaves alone. The position and token-type tables stay float: they are small, and
-    their rounding reaches every token of every input (on the README's FP32 MiniLM, INT8 position
+    their rounding reaches every token of every input (on the FP32 MiniLM of docs/results.md, INT8 position
     tables cost 0.37 F1, the word table alone 0.12).
     """
     from qacompress.quantization import _nncf

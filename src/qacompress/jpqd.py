@@ -1,6 +1,6 @@
 """JPQD: joint movement pruning, quantization and distillation, in two training phases.
 
-Order (chosen for NNCF 3 and measured in the README):
+Order (chosen for NNCF 3, explained in docs/concepts.md, measured in docs/results.md):
 1. **Pruning warm-up, in float** (up to the end of epoch `warmup_end_epoch`, counted in the config's
    `steps_per_epoch` when given): importance scores learn which blocks,
    rows and columns matter while the threshold rises; the teacher distils throughout.

@@ -2,12 +2,12 @@
 
 The INT8 IR stores the word table as INT8 weights (NNCF's weights-only compression: per row,
 asymmetric), because 30,522 x hidden floats are most of a small model's IR. Rounding the table only
-at export perturbs a model whose 8-bit activations amplify any perturbation: on the README's QAT
-MiniLM it cost 0.2 F1 on average, up to 0.5 on one evaluation. So QAT starts from the rounded table
+at export perturbs a model whose 8-bit activations amplify any perturbation: on the QAT MiniLM
+of docs/results.md it cost 0.2 F1 on average, up to 0.5 on one evaluation. So QAT starts from the rounded table
 and holds it there: the model trains around exactly the table the IR will store, and the export's
 compression gives the rounded table back bit for bit (NNCF's rounding is idempotent on its own grid).
 Held rather than trained through a quantizer: a QAT run with NNCF's per-row symmetric quantizer on the
-table scored 0.7 F1 lower than the float-table run (README, "INT8 embeddings"), and a held table
+table scored 0.7 F1 lower than the float-table run (docs/results.md, "Held word table"), and a held table
 needs neither its gradient nor its optimizer state.
 """
 
