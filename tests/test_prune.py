@@ -512,6 +512,7 @@ def test_structured_pruning_section_parses_and_excludes_movement_sparsity():
         parse_compression_config([FISHER_QAT[0], movement])
 
 
+@pytest.mark.slow
 def test_train_selects_by_fisher_then_finetunes_with_qat(tiny_bert_dir, squad_dir, tmp_path):
     config = tmp_path / "fisher.json"
     config.write_text(json.dumps(FISHER_QAT))
