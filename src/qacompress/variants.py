@@ -189,8 +189,12 @@ def quick_compare(model: nn.Module, tokenizer, seq_length: int, names: list[str]
     names = names or candidates(model)
     vocab = getattr(model.config, "vocab_size", 30522)
     timings: dict[str, float] = {}
+    irs: dict[str, object] = {}  # bf16 runs the fp32 IR: converted once
     for name in names:
-        ov_model = to_openvino(model, example, RUNTIME_VARIANTS.get(name, name))
+        ir_name = RUNTIME_VARIANTS.get(name, name)
+        if ir_name not in irs:
+            irs[ir_name] = to_openvino(model, example, ir_name)
+        ov_model = irs[ir_name]
         inputs = synthetic_inputs(1, seq_length, vocab, tuple(i.get_any_name() for i in ov_model.inputs), seed=0)
         timings[name] = round(quick_latency_ms(ov_model, inputs, precision="bf16" if name == "bf16" else "f32"), 3)
     return timings
@@ -236,17 +240,27 @@ def warn_if_int8_is_slower(model: nn.Module, tokenizer, ir_dir: str | Path, seq_
 
 def choose_variant(model_dir: str | Path, model: nn.Module, tokenizer, seq_length: int = 384) -> tuple[str, str]:
     """`export --variant auto`: (variant, why). The recommendation of a `benchmark.json` measured on
-    this CPU when the model directory has one, else the fastest variant by a quick measurement."""
+    this CPU when the model directory has one, else the fastest variant by a quick measurement; `why`
+    then says why a `benchmark.json` that is there was not used (another CPU, unreadable, or a
+    recommendation this model or CPU does not offer)."""
     path = Path(model_dir) / REPORT_FILE
+    ignored = ""  # why a benchmark.json that is there was not used
     if path.is_file():
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            report = {}
-        same_cpu = report.get("cpu", {}).get("name") == cpu_info()["name"] and report["cpu"].get("isa") == cpu_info()["isa"]
-        if same_cpu and report.get("recommended") in candidates(model):
+            report = None
+        measured_on = report.get("cpu") if isinstance(report, dict) else None
+        measured_on = measured_on if isinstance(measured_on, dict) else {}
+        if not isinstance(report, dict):
+            ignored = f"{path} is not a readable report, ignored; "
+        elif (measured_on.get("name"), measured_on.get("isa")) != (cpu_info()["name"], cpu_info()["isa"]):
+            ignored = f"{path} was measured on another CPU ({measured_on.get('name', 'unknown')}), ignored; "
+        elif report.get("recommended") in candidates(model):
             return report["recommended"], f"{path} measured on this CPU ({report.get('recommended_because', '')})"
+        else:
+            ignored = f"{path} recommends {report.get('recommended')!r}, not a variant of this model on this CPU, ignored; "
     timings = quick_compare(model, tokenizer, seq_length)
     name = min(timings, key=timings.get)
     shown = ", ".join(f"{n} {t:.1f} ms" for n, t in timings.items())
-    return name, f"fastest at batch 1, length {seq_length} on this CPU ({shown}); accuracy not measured"
+    return name, f"{ignored}fastest at batch 1, length {seq_length} on this CPU ({shown}); accuracy not measured"
