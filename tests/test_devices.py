@@ -4,9 +4,6 @@ exports and runners that leave the trained model where it is."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +24,6 @@ from qacompress.structured import LayerKeep, prune_
 from qacompress.trainer import QACompressTrainer
 
 FFN_OUT0 = "bert.encoder.layer.0.output.dense.weight"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def train_args(model: Path, squad_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -206,17 +202,6 @@ def test_bf16_qat_keeps_its_quantizers_in_checkpoints_and_the_saved_model(tiny_b
     assert INT8_EMBEDDINGS in torch.load(out / STATE_FILE, weights_only=True)
     assert (out / "openvino_model.xml").read_text().count('type="FakeQuantize"') >= 10  # exported as quantized
 
-
-
-def test_fsdp_on_cpu_says_it_is_not_in_effect(tiny_bert_dir, squad_dir, tmp_path):
-    """accelerate turns FSDP on only across GPUs (or other accelerators): on CPU, `torchrun ... --fsdp
-    full_shard` trains data-parallel with whole model copies, which used to happen without a word."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(REPO / "examples" / "run_qa.py")]
-    args = train_args(tiny_bert_dir, squad_dir, tmp_path / "fsdp", "--max_steps", "2", "--fsdp", "full_shard",
-                      "--compression", "none", "--no_export_openvino")[1:]  # fmt: skip
-    done = subprocess.run(cmd + args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count("--fsdp is not in effect") == 1, done.stderr[-3000:]  # said once, by rank 0
 
 
 def test_gathered_model_is_the_trained_model_read_back_whole(tiny_bert_dir, tmp_path):

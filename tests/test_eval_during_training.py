@@ -14,7 +14,7 @@ import torch
 
 from qacompress.cli import main
 from qacompress.models import load_qa_model
-from test_jpqd import TINY_JPQD
+from test_jpqd import TINY_JPQD, TINY_QUANTIZATION, assert_holds_word_table
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
@@ -111,7 +111,8 @@ def test_epoch_strategy_logs_squad_v2_fields(tmp_path: Path, tiny_bert_dir: Path
 def test_qat_best_model_is_restored_with_its_quantizers(tmp_path: Path, tiny_bert_dir: Path, squad_dir: Path) -> None:
     out = tmp_path / "qat"
     config = tmp_path / "q.json"
-    config.write_text(json.dumps({"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8}}}))
+    # The default's (and the shipped configs') quantization section: the word table is held on its grid.
+    config.write_text(json.dumps({**TINY_QUANTIZATION, "initializer": {"range": {"num_init_samples": 8}}}))
     args = run_args(tiny_bert_dir, squad_dir, out, "--nncf_compression_config", str(config), "--max_steps", "8",
                     "--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2",
                     "--load_best_model_at_end", "--metric_for_best_model", "f1")  # fmt: skip
@@ -127,6 +128,7 @@ def test_qat_best_model_is_restored_with_its_quantizers(tmp_path: Path, tiny_ber
     assert final["eval_f1"] == best["eval_f1"] and final["eval_exact_match"] == best["eval_exact_match"]
     restored = load_qa_model(str(out))
     assert_same_model(restored, load_qa_model(str(out / f"checkpoint-{best['step']}")))
+    assert_holds_word_table(out, tiny_bert_dir)  # still held, on the grid of the table QAT started from
     if best["step"] != 8:  # then the last step's quantizers differ, and must not have been kept
         last = load_qa_model(str(out / "checkpoint-8")).state_dict()
         scales = [k for k in last if k.startswith("__nncf_hooks.")]
@@ -156,6 +158,7 @@ def test_jpqd_logs_both_phases_and_picks_best_in_finetuning(
     final = json.loads((out / "eval_results.json").read_text())
     assert final["eval_f1"] == best["eval_f1"]
     assert_same_model(load_qa_model(str(out)), load_qa_model(str(out / "finetune" / f"checkpoint-{best['step']}")))
+    assert_holds_word_table(out, out / "pruned")  # QAT started from the pruned model's table
 
 
 def test_best_metric_must_be_one_evaluations_report(

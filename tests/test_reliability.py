@@ -381,6 +381,12 @@ def test_killed_run_resumes_and_matches(kind, checkpoint, uninterrupted, tmp_pat
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from" in again.stderr and str(broken / checkpoint) in again.stderr
     _assert_same_training(whole, broken)
+    # The word table is held (the default QAT config; TINY_JPQD's quantization section is the shipped
+    # configs'): the resumed run, bit-identical to the whole one, kept it on the grid of the table its QAT
+    # started from, untrained.
+    from test_jpqd import assert_holds_word_table
+
+    assert_holds_word_table(broken, broken / "pruned" if kind == "jpqd" else tiny_bert_dir)
     if kind == "jpqd":  # the warm-up's figures survive a resume in the second phase
         first, second = (json.loads((d / "all_results.json").read_text()) for d in (whole, broken))
         assert second["warmup_train_runtime"] > 0 and second["epoch"] == first["epoch"] > second["warmup_epoch"]
@@ -459,9 +465,13 @@ def test_torchrun_two_processes(kind, tmp_path, no_dropout_dir, squad_dir) -> No
     one = _train_cmd(no_dropout_dir, squad_dir, single, *extra, "--per_device_train_batch_size", "8")
     assert subprocess.run(one, capture_output=True).returncode == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(REPO / "examples" / "run_qa.py")]
-    two = torchrun + _train_cmd(no_dropout_dir, squad_dir, double, *extra, "--per_device_train_batch_size", "4")[4:]
+    # accelerate turns FSDP on only across GPUs: on CPU, `--fsdp full_shard` trains data-parallel with whole
+    # model copies (which used to happen without a word), so the QAT run asks for it and must say so once.
+    fsdp = ["--fsdp", "full_shard"] if kind == "qat" else []
+    two = torchrun + _train_cmd(no_dropout_dir, squad_dir, double, *extra, "--per_device_train_batch_size", "4", *fsdp)[4:]
     done = subprocess.run(two, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("--fsdp is not in effect") == (1 if fsdp else 0), done.stderr[-3000:]  # rank 0 only
     assert done.stderr.count("saved model to") == (2 if kind == "jpqd" else 1)  # rank 0 only (+ pruned/ for JPQD)
     state = json.loads((double / "trainer_state.json").read_text())
     assert state["global_step"] == (12 if kind == "jpqd" else 20)  # JPQD: the warm-up phase's state
