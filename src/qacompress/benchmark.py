@@ -155,9 +155,7 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
         inputs = synthetic_inputs(1, settings.throughput_seq_length, vocab, runner.input_names, settings.seed)
         result.throughput_samples_per_s = openvino_throughput(path, inputs, settings)
     if validation:
-        result.metrics, features, scores = _accuracy(path, runner, validation)
-        if validation.get("per_question"):
-            result.question_scores = scores
+        result.metrics, features, result.question_scores = _accuracy(path, runner, validation)
         timed = validation.get("latency_features")
         result.real_length = real_length_latency(runner, features.select(range(min(timed, len(features)))) if timed else features)
     result.peak_rss_mb = peak_rss_mb()
@@ -166,7 +164,7 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
 
 def _accuracy(path: str, runner, validation: dict) -> tuple[dict[str, float], object, dict[str, dict[str, float]]]:
     """EM/F1 (and timings) on the validation file; also returns its features (for `real_length_latency`)
-    and each question's scores."""
+    and, with `validation["per_question"]`, each question's scores (else {})."""
     from qacompress.data import gold_answers
     from qacompress.evaluation import DecodeSettings, eval_data, evaluate_runner
     from qacompress.models import load_tokenizer
@@ -176,8 +174,10 @@ def _accuracy(path: str, runner, validation: dict) -> tuple[dict[str, float], ob
         doc_stride=validation["doc_stride"], max_samples=validation.get("max_samples"), pad_to_max_length=False,
     )  # fmt: skip
     predictions, metrics = evaluate_runner(runner, examples, features, DecodeSettings(), progress=False)
-    exact, f1, _ = question_scores(predictions.answers, gold_answers(examples))
     kept = {k: metrics[k] for k in ("exact_match", "f1", "model_runtime", "postprocess_runtime")}
+    if not validation.get("per_question"):
+        return kept, features, {}
+    exact, f1, _ = question_scores(predictions.answers, gold_answers(examples))
     return kept, features, {"exact_match": exact, "f1": f1}
 
 

@@ -250,16 +250,16 @@ def choose_variant(model_dir: str | Path, model: nn.Module, tokenizer, seq_lengt
             report = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             report = None
-        measured_on = report.get("cpu") if isinstance(report, dict) else None
-        measured_on = measured_on if isinstance(measured_on, dict) else {}
         if not isinstance(report, dict):
             ignored = f"{path} is not a readable report, ignored; "
-        elif (measured_on.get("name"), measured_on.get("isa")) != (cpu_info()["name"], cpu_info()["isa"]):
-            ignored = f"{path} was measured on another CPU ({measured_on.get('name', 'unknown')}), ignored; "
-        elif report.get("recommended") in candidates(model):
-            return report["recommended"], f"{path} measured on this CPU ({report.get('recommended_because', '')})"
         else:
-            ignored = f"{path} recommends {report.get('recommended')!r}, not a variant of this model on this CPU, ignored; "
+            measured_on = report["cpu"] if isinstance(report.get("cpu"), dict) else {}
+            if (measured_on.get("name"), measured_on.get("isa")) != (cpu_info()["name"], cpu_info()["isa"]):
+                ignored = f"{path} was measured on another CPU ({measured_on.get('name', 'unknown')}), ignored; "
+            elif report.get("recommended") in candidates(model):
+                return report["recommended"], f"{path} measured on this CPU ({report.get('recommended_because', '')})"
+            else:
+                ignored = f"{path} recommends {report.get('recommended')!r}, not a variant of this model on this CPU, ignored; "
     timings = quick_compare(model, tokenizer, seq_length)
     name = min(timings, key=timings.get)
     shown = ", ".join(f"{n} {t:.1f} ms" for n, t in timings.items())
