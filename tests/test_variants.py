@@ -354,11 +354,11 @@ def test_export_auto_without_benchmark_json_ships_the_fastest_by_a_quick_measure
     assert not (model_dir / "benchmark.json").exists()
     assert main(["export", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "auto"), "--variant", "auto"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()[-1]
-    match = re.search(r" as (\w+) \(auto: (\w+), (.*)\)$", printed)
+    # A bf16 pick ends with "...); run it with --inference_precision bf16" after the reason's parenthesis.
+    match = re.search(r" as (\w+) \(auto: (\w+), (.*)\)(; run it with --inference_precision bf16)?$", printed)
     assert match, printed
-    shipped, chosen, why = match.groups()
-    if chosen == "bf16":
-        why = why.removesuffix("; run it with --inference_precision bf16")
+    shipped, chosen, why, hint = match.groups()
+    assert (hint is not None) == (chosen == "bf16"), printed
     timings = quick_timings(why, 384)
     assert set(timings) == expected_variants(quantized=True), printed
     assert timings[chosen] == min(timings.values()), printed
