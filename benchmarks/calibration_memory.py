@@ -19,9 +19,9 @@ from common import write_results  # noqa: E402
 CHILD = """
 import json, sys, torch
 from transformers import BertConfig, BertForQuestionAnswering
-from qacompress.benchmark import peak_rss_mb
-from qacompress.config import default_compression_config
-from qacompress.quantization import quantize_model
+from qacompress.measure.benchmark import peak_rss_mb
+from qacompress.compression.config import default_compression_config
+from qacompress.compression.quantization import quantize_model
 n, length, hidden, layers = map(int, sys.argv[1:5])
 torch.manual_seed(0)
 model = BertForQuestionAnswering(BertConfig(hidden_size=hidden, num_hidden_layers=layers,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qacompress import atomic
-from qacompress.structured import LayerKeep
+from qacompress.core import atomic
+from qacompress.model.surgery import LayerKeep
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work"  # prepared models (ignored by git)
@@ -38,8 +38,8 @@ def jpqd_keep(config) -> list[LayerKeep]:
 
 def write_results(name: str, data: dict, markdown: str) -> None:
     """`benchmarks/results/<name>.json` and `<name>.md`, both naming the CPU they were measured on
-    (`qacompress.cpu`): figures from different CPUs must never be read as one series."""
-    from qacompress.cpu import cpu_info, describe
+    (`qacompress.core.cpu`): figures from different CPUs must never be read as one series."""
+    from qacompress.core.cpu import cpu_info, describe
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic.write_json(RESULTS / f"{name}.json", {"cpu": cpu_info(), **data})

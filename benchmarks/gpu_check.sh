@@ -88,7 +88,7 @@ print('transformers', transformers.__version__, 'datasets', datasets.__version__
 stage extensions 200 bash -c '
 for kind in cpu cuda; do
   python3 -c "import logging, sys; logging.basicConfig(level=logging.INFO, format=\"%(message)s\")
-from qacompress.extensions import ensure_quantizer_extension as build
+from qacompress.core.extensions import ensure_quantizer_extension as build
 print(\"$kind kernels compiled:\", build(\"$kind\"))" &
 done; wait'
 stage gpu-tests 210 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider --durations=0

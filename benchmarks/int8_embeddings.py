@@ -22,11 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SQUAD, write_results  # noqa: E402
 
-from qacompress.evaluation import evaluate  # noqa: E402
-from qacompress.export import compress_weights, example_inputs, save_ir_dir, to_openvino  # noqa: E402
-from qacompress.models import IR_FILE, load_qa_model, load_tokenizer  # noqa: E402
-from qacompress.quantization import is_quantized, quantizes_word_table  # noqa: E402
-from qacompress.wordtable import holds_word_table  # noqa: E402
+from qacompress.inference.evaluation import evaluate  # noqa: E402
+from qacompress.compression.export import compress_weights, example_inputs, save_ir_dir, to_openvino  # noqa: E402
+from qacompress.model.loading import IR_FILE, load_qa_model, load_tokenizer  # noqa: E402
+from qacompress.compression.quantization import is_quantized, quantizes_word_table  # noqa: E402
+from qacompress.compression.wordtable import holds_word_table  # noqa: E402
 
 
 def ir_mb(directory: Path) -> float:

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SQUAD, write_results  # noqa: E402
 
-from qacompress.cpu import cpu_info, describe  # noqa: E402
-from qacompress.data import load_examples  # noqa: E402
+from qacompress.core.cpu import cpu_info, describe  # noqa: E402
+from qacompress.data.squad import load_examples  # noqa: E402
 
 TARGET_S = 3.0
 

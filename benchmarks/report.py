@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, write_results  # noqa: E402
 
-from qacompress import atomic  # noqa: E402
+from qacompress.core import atomic  # noqa: E402
 
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 SHAPE = "b1_s384"

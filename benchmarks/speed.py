@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from qacompress.benchmark import BenchmarkSettings, format_table, measure_model
-from qacompress.config import default_compression_config
-from qacompress.data import load_examples
-from qacompress.export import post_training_quantize, save_model_dir
-from qacompress.features import MODEL_INPUT_NAMES, prepare_train_features
-from qacompress.models import default_model_path, load_qa_model, load_tokenizer
-from qacompress.quantization import quantize_model
-from qacompress.structured import prune_
+from qacompress.measure.benchmark import BenchmarkSettings, format_table, measure_model
+from qacompress.compression.config import default_compression_config
+from qacompress.data.squad import load_examples
+from qacompress.compression.export import post_training_quantize, save_model_dir
+from qacompress.data.features import MODEL_INPUT_NAMES, prepare_train_features
+from qacompress.model.loading import default_model_path, load_qa_model, load_tokenizer
+from qacompress.compression.quantization import quantize_model
+from qacompress.model.surgery import prune_
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS, SQUAD, WORK, jpqd_keep, write_results  # noqa: E402

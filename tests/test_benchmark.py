@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from qacompress.cli import main
-from qacompress.export import post_training_quantize, save_model_dir
-from qacompress.models import load_qa_model, load_tokenizer
+from qacompress.compression.export import post_training_quantize, save_model_dir
+from qacompress.model.loading import load_qa_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_benchmark_measures_ir_and_torch(ir_dir: Path, tiny_bert_dir: Path, tmp_
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "| ir | openvino |" in table and "| torch | torch |" in table
-    from qacompress.cpu import cpu_info
+    from qacompress.core.cpu import cpu_info
 
     assert f"CPU: {cpu_info()['name']}" in table
     record = json.loads(out.read_text())
@@ -71,7 +71,7 @@ def test_peak_memory_is_the_measured_models_own(ir_dir: Path) -> None:
     """A parent that holds 1.5 GB must not lend its peak to the child that measures a tiny model."""
     import numpy as np
 
-    from qacompress.benchmark import BenchmarkSettings, measure_model, peak_rss_mb
+    from qacompress.measure.benchmark import BenchmarkSettings, measure_model, peak_rss_mb
 
     ballast = np.ones(1500 * 2**20 // 8)  # written, so resident
     parent = peak_rss_mb()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from qacompress.config import (
+from qacompress.compression.config import (
     DEFAULT_QUANTIZATION,
     CompressionConfig,
     default_compression_config,
     load_compression_config,
     parse_compression_config,
 )
-from qacompress.errors import ConfigError, QACompressError
+from qacompress.core.errors import ConfigError, QACompressError
 
 MOVEMENT_PARAMS = {"warmup_start_epoch": 1, "warmup_end_epoch": 4, "importance_regularization_factor": 0.02}
 SEED_STRUCTURES = [
@@ -143,7 +143,7 @@ def test_default_config_is_mixed_qat_that_keeps_embeddings_adds_and_norms_in_flo
     assert q.num_init_samples == 300
     assert q.range_type == "mean_min_max"
     assert q.ignored_scopes == ["{re}.*NNCFEmbedding.*", "{re}.*__add___\\d+", "{re}.*layer_norm_\\d+"]
-    assert q.int8_embeddings  # the word table is held on its INT8 grid during QAT (qacompress.wordtable)
+    assert q.int8_embeddings  # the word table is held on its INT8 grid during QAT (qacompress.compression.wordtable)
     # A fresh copy each time: changing one config must not change the default.
     q.ignored_scopes.append("x")
     config.raw[0]["preset"] = "performance"

@@ -12,16 +12,16 @@ import torch
 from torch import nn
 
 from qacompress.cli import main
-from qacompress.config import MovementSparsityConfig, SparseStructure, default_compression_config
-from qacompress.export import cpu_float_copy, to_openvino
-from qacompress.jpqd import freeze_zeros
-from qacompress.models import load_qa_model
-from qacompress.movement import attach_movement_pruning
-from qacompress.ondisk import INT8_EMBEDDINGS, QUANTIZER_LAYOUT, STATE_FILE
-from qacompress.quantization import is_quantized, quantize_model
-from qacompress.runtime import TorchQAModel
-from qacompress.structured import LayerKeep, prune_
-from qacompress.trainer import QACompressTrainer
+from qacompress.compression.config import MovementSparsityConfig, SparseStructure, default_compression_config
+from qacompress.compression.export import cpu_float_copy, to_openvino
+from qacompress.training.jpqd import freeze_zeros
+from qacompress.model.loading import load_qa_model
+from qacompress.compression.movement import attach_movement_pruning
+from qacompress.core.ondisk import INT8_EMBEDDINGS, QUANTIZER_LAYOUT, STATE_FILE
+from qacompress.compression.quantization import is_quantized, quantize_model
+from qacompress.inference.runners import TorchQAModel
+from qacompress.model.surgery import LayerKeep, prune_
+from qacompress.training.trainer import QACompressTrainer
 
 FFN_OUT0 = "bert.encoder.layer.0.output.dense.weight"
 
@@ -166,8 +166,8 @@ def test_compute_loss_reduces_per_replica_losses(tiny_bert_dir, tmp_path):
 
 def test_steps_per_epoch_counts_every_gpu_of_the_process(tmp_path):
     """One process with 4 GPUs (DataParallel) takes 4 per-device batches per optimizer step."""
-    from qacompress.arguments import QACompressTrainingArguments
-    from qacompress.phases import steps_per_epoch
+    from qacompress.training.arguments import QACompressTrainingArguments
+    from qacompress.training.phases import steps_per_epoch
 
     args = QACompressTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[])
     assert steps_per_epoch(100, args) == 13
@@ -210,7 +210,7 @@ def test_gathered_model_is_the_trained_model_read_back_whole(tiny_bert_dir, tmp_
     on a structurally pruned, quantized model, which must come back with its shapes and quantizers."""
     from transformers import TrainingArguments
 
-    from qacompress.trainer import GATHERED_DIR
+    from qacompress.training.trainer import GATHERED_DIR
 
     pruned, _ = emptied_layer_model(tiny_bert_dir)
     model = quantize_model(pruned, default_compression_config().quantization, calibration()).eval()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from qacompress.distillation import DistillationConfig, check_teacher_tokenizer, distillation_loss, freeze_teacher
-from qacompress.errors import ModelError
-from qacompress.models import load_qa_model
+from qacompress.compression.distillation import DistillationConfig, check_teacher_tokenizer, distillation_loss, freeze_teacher
+from qacompress.core.errors import ModelError
+from qacompress.model.loading import load_qa_model
 
 STUDENT = (
     np.array([[1.0, 2.0, 0.5, -1.0, 0.0], [0.3, -0.2, 2.5, 1.0, -3.0]]),
@@ -193,8 +193,8 @@ def no_dropout_model(directory, seed=None):
 
 
 def make_trainer(tmp_path, model, tokenizer, teacher=None, weight=0.25):
-    from qacompress.arguments import QACompressTrainingArguments
-    from qacompress.trainer import QACompressTrainer
+    from qacompress.training.arguments import QACompressTrainingArguments
+    from qacompress.training.trainer import QACompressTrainer
 
     args = QACompressTrainingArguments(
         output_dir=str(tmp_path / "out"),
@@ -256,8 +256,8 @@ def test_trainer_loss_without_teacher_is_the_task_loss(tiny_bert_dir, tokenizer,
 
 
 def test_trainer_adds_the_pruning_regularizer_once(tiny_bert_dir, tokenizer, batch, tmp_path):
-    from qacompress.config import MovementSparsityConfig, SparseStructure
-    from qacompress.movement import attach_movement_pruning
+    from qacompress.compression.config import MovementSparsityConfig, SparseStructure
+    from qacompress.compression.movement import attach_movement_pruning
 
     student = no_dropout_model(tiny_bert_dir)
     config = MovementSparsityConfig(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qacompress.cli import main
-from qacompress.models import load_qa_model
+from qacompress.model.loading import load_qa_model
 from test_jpqd import TINY_JPQD, TINY_QUANTIZATION, assert_holds_word_table
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None

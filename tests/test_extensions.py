@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from qacompress.extensions import TORCH_LOCK, environment_build_root
+from qacompress.core.extensions import TORCH_LOCK, environment_build_root
 
 # qacompress's INFO lines ("building ...", "waiting for another process ...") go to stderr.
 BUILD = (
     "import logging; log = logging.getLogger('qacompress'); log.setLevel(logging.INFO); "
     "log.addHandler(logging.StreamHandler()); "
-    "from qacompress.extensions import ensure_quantizer_extension as e; print('compiled', e())"
+    "from qacompress.core.extensions import ensure_quantizer_extension as e; print('compiled', e())"
 )
 
 
@@ -45,7 +45,7 @@ def test_each_environment_builds_in_its_own_folder(monkeypatch, tmp_path):
 def test_a_build_killed_midway_does_not_block_the_next_run(tmp_path):
     env = clean_env(tmp_path)
     probe = subprocess.run(
-        [sys.executable, "-c", "from qacompress.extensions import environment_build_root as r; print(r())"],
+        [sys.executable, "-c", "from qacompress.core.extensions import environment_build_root as r; print(r())"],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     lock = build_dir_under(Path(probe.stdout.strip())) / TORCH_LOCK
@@ -80,8 +80,8 @@ def test_a_lock_in_the_users_own_folder_is_reported_in_one_line(tmp_path):
     lock.touch()
     script = (
         "import sys\n"
-        "from qacompress.errors import QACompressError\n"
-        "from qacompress.extensions import ensure_quantizer_extension\n"
+        "from qacompress.core.errors import QACompressError\n"
+        "from qacompress.core.extensions import ensure_quantizer_extension\n"
         "try:\n    ensure_quantizer_extension()\nexcept QACompressError as e:\n    print(e); sys.exit(2)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], env=clean_env(tmp_path, TORCH_EXTENSIONS_DIR=str(root)),

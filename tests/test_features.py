@@ -11,9 +11,9 @@ import unicodedata
 import datasets
 import pytest
 
-from qacompress.data import SQUAD_FEATURES, load_examples
-from qacompress.errors import DataError, ModelError, QACompressError
-from qacompress.features import (
+from qacompress.data.squad import SQUAD_FEATURES, load_examples
+from qacompress.core.errors import DataError, ModelError, QACompressError
+from qacompress.data.features import (
     MODEL_INPUT_NAMES,
     check_tokenizer,
     prepare_eval_features,
@@ -185,7 +185,7 @@ def test_fast_tokenizer_is_accepted(tokenizer):
 
 
 def test_max_seq_length_clipped_to_model(tokenizer, caplog):
-    with caplog.at_level(logging.WARNING, logger="qacompress.features"):
+    with caplog.at_level(logging.WARNING, logger="qacompress.data.features"):
         assert resolve_max_seq_length(tokenizer, 1024) == tokenizer.model_max_length == 512
     assert "1024" in caplog.text and "512" in caplog.text
     assert resolve_max_seq_length(tokenizer, 256) == 256

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from qacompress.cli import main
-from qacompress.models import load_qa_model
-from qacompress.quantization import is_quantized
+from qacompress.model.loading import load_qa_model
+from qacompress.compression.quantization import is_quantized
 from test_devices import train_args
 from test_jpqd import TINY_JPQD  # warm-up to step 12 of 16
 from test_prune import prune_cli

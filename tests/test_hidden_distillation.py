@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from qacompress.cli import main
-from qacompress.distillation import DistillationConfig, freeze_teacher, hidden_distillation_loss
-from qacompress.models import load_qa_model
+from qacompress.compression.distillation import DistillationConfig, freeze_teacher, hidden_distillation_loss
+from qacompress.model.loading import load_qa_model
 
 
 def hand_mse(a, b, mask):
@@ -63,8 +63,8 @@ def test_deeper_teacher_layers_match_the_closest_student_layer():
 def test_trainer_adds_the_weighted_hidden_loss(tiny_bert_dir, tokenizer, tmp_path):
     from transformers import AutoConfig
 
-    from qacompress.arguments import QACompressTrainingArguments
-    from qacompress.trainer import QACompressTrainer
+    from qacompress.training.arguments import QACompressTrainingArguments
+    from qacompress.training.trainer import QACompressTrainer
 
     config = AutoConfig.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     student = load_qa_model(str(tiny_bert_dir), config=config)

@@ -12,14 +12,14 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from qacompress.architecture import require_layout
-from qacompress.checkpoint import load_compression_state
+from qacompress.model.architecture import require_layout
+from qacompress.compression.checkpoint import load_compression_state
 from qacompress.cli import main
-from qacompress.config import DEFAULT_QUANTIZATION
-from qacompress.evaluation import eval_data, run_features
-from qacompress.models import load_qa_model, load_tokenizer
-from qacompress.runtime import OpenVINOQAModel, TorchQAModel
-from qacompress.wordtable import holds_word_table, int8_grid
+from qacompress.compression.config import DEFAULT_QUANTIZATION
+from qacompress.inference.evaluation import eval_data, run_features
+from qacompress.model.loading import load_qa_model, load_tokenizer
+from qacompress.inference.runners import OpenVINOQAModel, TorchQAModel
+from qacompress.compression.wordtable import holds_word_table, int8_grid
 from test_quantization import compile_ir, ir_logits
 
 #: The quantization section of the default and of the shipped configs (configs/minilm-jpqd.json):
@@ -248,7 +248,7 @@ def test_unstructured_masking_keeps_shapes_and_holds_the_zeros(tmp_path: Path, t
     in the full-size weights and stay zero while fine-tuning goes on."""
     import torch
 
-    from qacompress.structured import current_sizes
+    from qacompress.model.surgery import current_sizes
 
     movement = json.loads(json.dumps(TINY_JPQD[0]))
     movement["params"]["enable_structured_masking"] = False

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qacompress.intervals import paired_bootstrap
-from qacompress.metrics import exact_match_score, f1_score, normalize_answer, question_scores, squad_metrics
+from qacompress.data.intervals import paired_bootstrap
+from qacompress.data.metrics import exact_match_score, f1_score, normalize_answer, question_scores, squad_metrics
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from qacompress.postprocess import postprocess_qa_predictions
+from qacompress.data.postprocess import postprocess_qa_predictions
 
 CONTEXT = "Denver Broncos won the Super Bowl 50 in 2016"
 # word index:  0      1      2   3    4    5   6  7   8

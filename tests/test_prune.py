@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from qacompress.architecture import require_layout
+from qacompress.model.architecture import require_layout
 from qacompress.cli import main
-from qacompress.config import DEFAULT_QUANTIZATION
-from qacompress.data import load_examples
-from qacompress.features import prepare_eval_features
-from qacompress.latency import LatencyTable, fit_unit_costs
-from qacompress.fisher import Importance, fisher_importance, forward_inputs, position_log_probs
-from qacompress.models import load_qa_model
-from qacompress.prune import feature_batches
-from qacompress.refit import reconstruction_errors, refit_
-from qacompress.selection import UnitCosts, mac_costs, select_structure
-from qacompress.structured import current_sizes, prune_
+from qacompress.compression.config import DEFAULT_QUANTIZATION
+from qacompress.data.squad import load_examples
+from qacompress.data.features import prepare_eval_features
+from qacompress.compression.latency import LatencyTable, fit_unit_costs
+from qacompress.compression.fisher import Importance, fisher_importance, forward_inputs, position_log_probs
+from qacompress.model.loading import load_qa_model
+from qacompress.compression.pruning import feature_batches
+from qacompress.compression.refit import reconstruction_errors, refit_
+from qacompress.compression.selection import UnitCosts, mac_costs, select_structure
+from qacompress.model.surgery import current_sizes, prune_
 
 SEQ = 64
 
@@ -189,8 +189,8 @@ def test_refit_lowers_every_layers_reconstruction_error(tiny_bert_dir, calibrati
 
 
 def test_pruned_ir_computes_the_pruned_torch_model(tiny_bert_dir, tokenizer, calibration, tmp_path):
-    from qacompress.export import save_model_dir
-    from qacompress.runtime import OpenVINOQAModel
+    from qacompress.compression.export import save_model_dir
+    from qacompress.inference.runners import OpenVINOQAModel
 
     model = load_qa_model(str(tiny_bert_dir)).eval()
     fit_batches, held_out = calibration
@@ -345,7 +345,7 @@ def test_a_budget_below_the_fixed_cost_is_refused_naming_the_smallest_reachable(
     """`select_structure` refuses a budget below the fixed cost with a user error (`BudgetError`, a
     `QACompressError`) whose `smallest` is the least fraction it accepts: the fixed share rounded up to
     three decimals. Costs built here (the input, not what is tested)."""
-    from qacompress.errors import BudgetError, QACompressError
+    from qacompress.core.errors import BudgetError, QACompressError
 
     importance = fisher_importance(load_qa_model(str(tiny_bert_dir)).eval(), calibration[0], progress=False)
     costs = UnitCosts(head=0.25, neuron=0.01, fixed=3.0)  # full 6.28 ms, fixed share 0.4777
@@ -412,7 +412,7 @@ def test_a_latency_target_below_the_fixed_cost_is_one_line_naming_the_smallest_r
         calls.append((seq_length, flags))
         return linear_latency_table()
 
-    monkeypatch.setattr("qacompress.latency.measure_latency_table", table)
+    monkeypatch.setattr("qacompress.compression.latency.measure_latency_table", table)
     out = tmp_path / "pruned"
     timing = ["--no_quantize", "--latency_points", "2", "--latency_seconds", "0.1", "--latency_rounds", "5"]
     assert prune_cli(tiny_bert_dir, out, squad_dir, "--target_latency", "0.01", *timing) == 2
@@ -491,8 +491,8 @@ FISHER_QAT = [
     ],
 )
 def test_structured_pruning_section_errors_name_the_key(section, key, message):
-    from qacompress.config import parse_compression_config
-    from qacompress.errors import ConfigError
+    from qacompress.compression.config import parse_compression_config
+    from qacompress.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         parse_compression_config({"algorithm": "structured_pruning", **section}, source="c.json")
@@ -500,8 +500,8 @@ def test_structured_pruning_section_errors_name_the_key(section, key, message):
 
 
 def test_structured_pruning_section_parses_and_excludes_movement_sparsity():
-    from qacompress.config import parse_compression_config
-    from qacompress.errors import ConfigError
+    from qacompress.compression.config import parse_compression_config
+    from qacompress.core.errors import ConfigError
 
     config = parse_compression_config(FISHER_QAT)
     assert config.structured_pruning.target_macs == 0.6 and config.structured_pruning.num_samples == 16
@@ -534,8 +534,8 @@ def test_train_selects_by_fisher_then_finetunes_with_qat(tiny_bert_dir, squad_di
     model = load_qa_model(str(out))
     from safetensors.torch import load_file
 
-    from qacompress.quantization import is_quantized
-    from qacompress.wordtable import holds_word_table, int8_grid
+    from qacompress.compression.quantization import is_quantized
+    from qacompress.compression.wordtable import holds_word_table, int8_grid
 
     assert is_quantized(model)  # fine-tuned with QAT after the selection
     # As with the shipped config, the word table was held on its INT8 grid: the fine-tuned table is the

@@ -17,16 +17,16 @@ import pytest
 import torch
 from torch import nn
 
-from qacompress.checkpoint import save_compressed, split_state_dict
-from qacompress.cpu import cpu_info, describe, has_int8_dot_product
-from qacompress.config import QuantizationConfig, default_compression_config, load_compression_config
-from qacompress.errors import ConfigError, ModelError
-from qacompress.export import save_model_dir
-from qacompress.models import IR_FILE, load_qa_model, load_tokenizer
-from qacompress.ondisk import STATE_FILE
-from qacompress.quantization import is_quantized, quantize_model, quantizes_word_table, resolve_ignored_scope
-from qacompress.runtime import OpenVINOQAModel, TorchQAModel, load_runner
-from qacompress.wordtable import holds_word_table
+from qacompress.compression.checkpoint import save_compressed, split_state_dict
+from qacompress.core.cpu import cpu_info, describe, has_int8_dot_product
+from qacompress.compression.config import QuantizationConfig, default_compression_config, load_compression_config
+from qacompress.core.errors import ConfigError, ModelError
+from qacompress.compression.export import save_model_dir
+from qacompress.model.loading import IR_FILE, load_qa_model, load_tokenizer
+from qacompress.core.ondisk import STATE_FILE
+from qacompress.compression.quantization import is_quantized, quantize_model, quantizes_word_table, resolve_ignored_scope
+from qacompress.inference.runners import OpenVINOQAModel, TorchQAModel, load_runner
+from qacompress.compression.wordtable import holds_word_table
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 N_LINEARS = 2 * 6 + 1  # q, k, v, attention output, FFN in, FFN out per layer, plus the QA head
@@ -548,7 +548,7 @@ def test_save_compressed_writes_the_state_dict_it_is_given(quantized, tmp_path):
     """What `QACompressTrainer.save_model` relies on under FSDP/ZeRO-3, where each process holds shards
     and only the accelerator's gathered state dict is whole: the given tensors are written, weights and
     quantizer values alike, not the model's own."""
-    from qacompress.checkpoint import load_compression_state
+    from qacompress.compression.checkpoint import load_compression_state
 
     given = {k: v.clone() + 1.0 if v.is_floating_point() else v.clone() for k, v in quantized.state_dict().items()}
     save_compressed(quantized, tmp_path, state_dict=given)

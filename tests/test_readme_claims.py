@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from qacompress.architecture import find_layout
+from qacompress.model.architecture import find_layout
 from qacompress.cli import main
-from qacompress.config import CompressionConfig, MovementSparsityConfig, QuantizationConfig, QuantizerParams
-from qacompress.errors import ConfigError
-from qacompress.jpqd import plan_steps
-from qacompress.models import load_qa_model, load_tokenizer
-from qacompress.movement import attach_movement_pruning
-from qacompress.quantization import quantize_model
-from qacompress.structured import LayerKeep, current_sizes, prune_
-from qacompress.phases import last_complete_checkpoint
+from qacompress.compression.config import CompressionConfig, MovementSparsityConfig, QuantizationConfig, QuantizerParams
+from qacompress.core.errors import ConfigError
+from qacompress.training.jpqd import plan_steps
+from qacompress.model.loading import load_qa_model, load_tokenizer
+from qacompress.compression.movement import attach_movement_pruning
+from qacompress.compression.quantization import quantize_model
+from qacompress.model.surgery import LayerKeep, current_sizes, prune_
+from qacompress.training.phases import last_complete_checkpoint
 from test_movement import seed_like
 from test_quantization import activation_ranges, quantizers
 from test_scopes import SEED_ATTENTION, SEED_FFN_IN, SEED_FFN_OUT, selected_linears
@@ -63,8 +63,8 @@ def split(model) -> tuple[dict, dict]:
 def test_smoothquant_and_bias_correction_leave_the_weights_alone(tiny_bert_dir, mixed):
     """SmoothQuant would rescale the linear weights (and add multiplier hooks), bias correction would
     shift the biases: every original parameter is bit-identical after `quantize_model`, except the
-    word table, deliberately put on its INT8 grid (`qacompress.wordtable`)."""
-    from qacompress.wordtable import int8_grid
+    word table, deliberately put on its INT8 grid (`qacompress.compression.wordtable`)."""
+    from qacompress.compression.wordtable import int8_grid
 
     plain = load_qa_model(str(tiny_bert_dir)).state_dict()
     state = mixed.state_dict()
@@ -159,7 +159,7 @@ def test_final_importance_threshold_is_where_the_threshold_ends(tiny_bert_dir):
 
 
 def test_default_steps_per_epoch_is_the_runs_real_epoch(tmp_path):
-    from qacompress.arguments import QACompressTrainingArguments
+    from qacompress.training.arguments import QACompressTrainingArguments
 
     args = QACompressTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8,
                                        gradient_accumulation_steps=2, num_train_epochs=5)  # fmt: skip
@@ -207,7 +207,7 @@ def test_bert_layout_families_take_the_seed_configs(family):
         "attention.self.value": ("block", (8, 8)), "attention.output.dense": ("block", (8, 8)),
         "intermediate.dense": ("per_dim", (1, 32)), "output.dense": ("per_dim", (32, 1)),
     }  # fmt: skip
-    from qacompress.movement import detach_movement_pruning
+    from qacompress.compression.movement import detach_movement_pruning
 
     detach_movement_pruning(model)
     prune_(model, [LayerKeep(heads=[1, 3], neurons=list(range(10))), LayerKeep(heads=[0], neurons=[5])])
@@ -269,7 +269,7 @@ def test_inference_precision_reaches_openvino(tmp_path, tiny_bert_dir, squad_dir
     on an AVX-512 VNNI Xeon without BF16, f32 on an AVX2-only EPYC.)"""
     import openvino as ov
 
-    from qacompress.runtime import OpenVINOQAModel
+    from qacompress.inference.runners import OpenVINOQAModel
 
     out = tmp_path / "run"
     args = ["train", "--model_name_or_path", str(tiny_bert_dir), "--compression", "none", "--do_train", "--do_eval",

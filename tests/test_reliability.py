@@ -17,12 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qacompress.atomic import COMMIT, STAGING, recover, staged_files
+from qacompress.core.atomic import COMMIT, STAGING, recover, staged_files
 from qacompress.cli import main
-from qacompress.data import load_examples
-from qacompress.errors import DataError
-from qacompress.features import prepare_eval_features
-from qacompress.postprocess import postprocess_qa_predictions
+from qacompress.data.squad import load_examples
+from qacompress.core.errors import DataError
+from qacompress.data.features import prepare_eval_features
+from qacompress.data.postprocess import postprocess_qa_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = "The cat sat on the mat."
@@ -121,8 +121,8 @@ def test_answer_only_in_a_later_stride_is_found(tmp_path, tiny_bert_dir, capsys)
     path = tmp_path / "long.jsonl"
     path.write_bytes(jsonl(data))
     examples = load_examples(str(path))
-    from qacompress.features import prepare_train_features
-    from qacompress.models import load_tokenizer
+    from qacompress.data.features import prepare_train_features
+    from qacompress.model.loading import load_tokenizer
 
     features = prepare_train_features(examples, load_tokenizer(str(tiny_bert_dir)), max_seq_length=64, doc_stride=16)
     labelled = [i for i, s in enumerate(features["start_positions"]) if s != 0]
@@ -321,7 +321,7 @@ def _final_tensors(out: Path) -> dict[str, torch.Tensor]:
     """The saved model's weights and compression tensors (quantizer scales, ranges)."""
     from safetensors.torch import load_file
 
-    from qacompress.checkpoint import load_compression_state
+    from qacompress.compression.checkpoint import load_compression_state
 
     tensors = load_file(str(out / "model.safetensors"))
     state = load_compression_state(out)
@@ -407,7 +407,7 @@ def test_killed_export_leaves_the_previous_export_intact(tmp_path, tiny_bert_dir
     cmd = [sys.executable, "-m", "qacompress", "export", "--model_name_or_path", str(tiny_distilbert_dir), "--output_dir", str(out)]
     _kill_after(cmd, lambda: (out / STAGING / "model.safetensors").exists())
     assert _digest(out) == before  # nothing in place was touched
-    from qacompress.runtime import load_runner
+    from qacompress.inference.runners import load_runner
 
     runner = load_runner(str(out))  # the next use discards the stale staging and loads the old export
     assert not (out / STAGING).exists()

@@ -82,7 +82,7 @@ def test_qat_holds_the_word_table_on_its_int8_grid(qat_run: Path, tiny_bert_dir:
     import torch
     from safetensors.torch import load_file
 
-    from qacompress.wordtable import int8_grid
+    from qacompress.compression.wordtable import int8_grid
 
     words, positions = (f"bert.embeddings.{t}_embeddings.weight" for t in ("word", "position"))
     start = load_file(str(tiny_bert_dir / "model.safetensors"))
@@ -226,7 +226,7 @@ def test_run_qa_script_runs_the_seed_command(tmp_path: Path, tiny_bert_dir: Path
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_samples"] == 810
     # No config given: the default INT8 QAT ran (quantizers in the saved model, FakeQuantize in the IR).
-    from qacompress.checkpoint import load_compression_state
+    from qacompress.compression.checkpoint import load_compression_state
 
     assert "quantizer_layout" in load_compression_state(out)
     assert (out / "openvino_model.xml").read_text().count('type="FakeQuantize"') >= 10

@@ -21,15 +21,15 @@ import openvino as ov
 import pytest
 import torch
 
-from qacompress.benchmark import synthetic_inputs
+from qacompress.measure.benchmark import synthetic_inputs
 from qacompress.cli import main
-from qacompress.config import default_compression_config, parse_compression_config
-from qacompress.cpu import cpu_info
-from qacompress.errors import ConfigError, ModelError
-from qacompress.export import example_inputs, export_openvino, save_model_dir, to_openvino
-from qacompress.models import IR_FILE, load_qa_model, load_tokenizer
-from qacompress.quantization import quantize_model
-from qacompress.variants import (
+from qacompress.compression.config import default_compression_config, parse_compression_config
+from qacompress.core.cpu import cpu_info
+from qacompress.core.errors import ConfigError, ModelError
+from qacompress.compression.export import example_inputs, export_openvino, save_model_dir, to_openvino
+from qacompress.model.loading import IR_FILE, load_qa_model, load_tokenizer
+from qacompress.compression.quantization import quantize_model
+from qacompress.measure.variants import (
     candidates,
     choose_variant,
     format_variants,
@@ -38,7 +38,7 @@ from qacompress.variants import (
     warn_if_int8_is_slower,
 )
 
-LOGGER = "qacompress.variants"
+LOGGER = "qacompress.measure.variants"
 
 
 def native_bf16_flags() -> bool:

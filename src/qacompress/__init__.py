@@ -22,32 +22,32 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from qacompress.errors import ConfigError, DataError, ModelError, QACompressError
+from qacompress.core.errors import ConfigError, DataError, ModelError, QACompressError
 
 __version__ = "0.1.0"
 
 #: Public name -> (module, attribute), imported when first used.
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "run_train": ("qacompress.train", "run_train"),  # not `train`: that name is the module qacompress.train
-    "ModelArguments": ("qacompress.arguments", "ModelArguments"),
-    "DataTrainingArguments": ("qacompress.arguments", "DataTrainingArguments"),
-    "QACompressTrainingArguments": ("qacompress.arguments", "QACompressTrainingArguments"),
-    "QuantizationConfig": ("qacompress.config", "QuantizationConfig"),
-    "MovementSparsityConfig": ("qacompress.config", "MovementSparsityConfig"),
-    "load_compression_config": ("qacompress.config", "load_compression_config"),
-    "quantize_model": ("qacompress.quantization", "quantize_model"),
-    "attach_movement_pruning": ("qacompress.movement", "attach_movement_pruning"),
-    "prune_": ("qacompress.structured", "prune_"),
-    "LayerKeep": ("qacompress.structured", "LayerKeep"),
-    "PruneConfig": ("qacompress.prune", "PruneConfig"),
-    "fisher_prune": ("qacompress.prune", "fisher_prune"),
-    "load_qa_model": ("qacompress.models", "load_qa_model"),
-    "load_tokenizer": ("qacompress.models", "load_tokenizer"),
-    "load_examples": ("qacompress.data", "load_examples"),
-    "save_model_dir": ("qacompress.export", "save_model_dir"),
-    "evaluate": ("qacompress.evaluation", "evaluate"),
-    "DecodeSettings": ("qacompress.evaluation", "DecodeSettings"),
-    "QAPredictor": ("qacompress.predict", "QAPredictor"),
+    "run_train": ("qacompress.training.run", "run_train"),  # not `train`: that name is the module qacompress.training.run
+    "ModelArguments": ("qacompress.training.arguments", "ModelArguments"),
+    "DataTrainingArguments": ("qacompress.training.arguments", "DataTrainingArguments"),
+    "QACompressTrainingArguments": ("qacompress.training.arguments", "QACompressTrainingArguments"),
+    "QuantizationConfig": ("qacompress.compression.config", "QuantizationConfig"),
+    "MovementSparsityConfig": ("qacompress.compression.config", "MovementSparsityConfig"),
+    "load_compression_config": ("qacompress.compression.config", "load_compression_config"),
+    "quantize_model": ("qacompress.compression.quantization", "quantize_model"),
+    "attach_movement_pruning": ("qacompress.compression.movement", "attach_movement_pruning"),
+    "prune_": ("qacompress.model.surgery", "prune_"),
+    "LayerKeep": ("qacompress.model.surgery", "LayerKeep"),
+    "PruneConfig": ("qacompress.compression.pruning", "PruneConfig"),
+    "fisher_prune": ("qacompress.compression.pruning", "fisher_prune"),
+    "load_qa_model": ("qacompress.model.loading", "load_qa_model"),
+    "load_tokenizer": ("qacompress.model.loading", "load_tokenizer"),
+    "load_examples": ("qacompress.data.squad", "load_examples"),
+    "save_model_dir": ("qacompress.compression.export", "save_model_dir"),
+    "evaluate": ("qacompress.inference.evaluation", "evaluate"),
+    "DecodeSettings": ("qacompress.inference.evaluation", "DecodeSettings"),
+    "QAPredictor": ("qacompress.inference.predict", "QAPredictor"),
 }
 
 __all__ = ["ConfigError", "DataError", "ModelError", "QACompressError", "__version__", *_EXPORTS]

@@ -1,0 +1,112 @@
+"""Knowledge distillation from a fine-tuned QA teacher (Hinton et al. 2015), optionally layer-wise.
+
+The student matches the teacher's softened distributions over start and end positions:
+loss = (1 - w) * task + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the
+start and end heads. The T^2 factor keeps the gradient scale independent of T.
+
+With a teacher of the same hidden size, `hidden_weight` > 0 adds the mean squared error between
+teacher and student layer outputs (CoFi, Xia et al. 2022: what lets heavily pruned models recover).
+Pruning heads and neurons keeps the depth, so layers pair one to one; when depths differ, each of
+an evenly spaced subset of teacher layers is paired with the student layer closest to it (CoFi's
+dynamic layer matching, without its learned projection since the hidden sizes agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qacompress.core.errors import ModelError
+
+
+@dataclass
+class DistillationConfig:
+    """Weight w in [0, 1] of the distillation term and softmax temperature T >= 1."""
+
+    weight: float = 0.5
+    temperature: float = 2.0
+    hidden_weight: float = 0.0
+
+
+def distillation_loss(
+    student: tuple[torch.Tensor, torch.Tensor],
+    teacher: tuple[torch.Tensor, torch.Tensor],
+    temperature: float,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T^2 * KL between temperature-softened teacher and student position distributions, mean of start/end.
+
+    Padding positions (attention_mask == 0) are excluded from both distributions.
+    """
+    losses = []
+    for s, t in zip(student, teacher):
+        if attention_mask is not None:
+            s = s.masked_fill(attention_mask == 0, torch.finfo(s.dtype).min)
+            t = t.masked_fill(attention_mask == 0, torch.finfo(t.dtype).min)
+        log_p_student = F.log_softmax(s / temperature, dim=-1)
+        log_p_teacher = F.log_softmax(t / temperature, dim=-1)
+        kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+        losses.append(kl * temperature**2)
+    return sum(losses) / len(losses)
+
+
+def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error per hidden unit over non-padding tokens."""
+    err = (a - b).pow(2).mean(-1)
+    if mask is None:
+        return err.mean()
+    mask = mask.to(err.dtype)
+    return (err * mask).sum() / mask.sum().clamp_min(1)
+
+
+def hidden_distillation_loss(
+    student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSE between layer outputs (`output_hidden_states`, embeddings at index 0 excluded), averaged
+    over the paired layers (see the module docstring for the pairing)."""
+    s_layers, t_layers = student[1:], teacher[1:]
+    if len(s_layers) == len(t_layers):
+        pairs = [_masked_mse(s, t, attention_mask) for s, t in zip(s_layers, t_layers)]
+        return sum(pairs) / len(pairs)
+    count = min(len(s_layers), len(t_layers))
+    chosen = [t_layers[round((k + 1) * len(t_layers) / count) - 1] for k in range(count)]
+    losses = []
+    for t in chosen:
+        candidates = torch.stack([_masked_mse(s, t, attention_mask) for s in s_layers])
+        losses.append(candidates[candidates.detach().argmin()])
+    return sum(losses) / len(losses)
+
+
+def check_hidden_sizes(student_config, teacher_config, teacher_name: str) -> None:
+    """Layer-wise distillation compares hidden states unit by unit: the widths must agree."""
+    s, t = student_config.hidden_size, teacher_config.hidden_size
+    if s != t:
+        raise ModelError(
+            f"teacher {teacher_name}: hidden size {t} differs from the student's {s}; "
+            "--hidden_distillation_weight needs a teacher of the same hidden size (use 0 to distil logits only)"
+        )
+
+
+def check_teacher_tokenizer(student_tokenizer, teacher_tokenizer, teacher_name: str) -> None:
+    """Distillation compares logits position by position: both must tokenise text identically."""
+    probe = "Which NFL team represented the AFC at Super Bowl 50? The Denver Broncos, naïvely 24–10."
+    same_vocab = student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
+    same_ids = student_tokenizer(probe)["input_ids"] == teacher_tokenizer(probe)["input_ids"]
+    if not (same_vocab and same_ids):
+        raise ModelError(
+            f"teacher {teacher_name}: its tokenizer ({type(teacher_tokenizer).__name__}, "
+            f"{len(teacher_tokenizer)} tokens) differs from the student's ({type(student_tokenizer).__name__}, "
+            f"{len(student_tokenizer)} tokens); distillation needs the same tokenizer "
+            "(e.g. a bert-base-uncased student with a bert-large-uncased teacher)"
+        )
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """Eval mode (no dropout) and no gradients: the teacher only provides targets."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

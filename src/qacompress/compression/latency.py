@@ -1,0 +1,161 @@
+"""A latency model of a QA encoder on this machine's OpenVINO CPU plugin, for `--target_latency`.
+
+MACs are a poor proxy for latency: attention's L^2 products, memory traffic and INT8 kernels weigh
+heads and neurons differently on every CPU. Following Kwon et al. 2022 (who measure a lookup table of
+attention and FFN latency per unit count and find it linear beyond a small count), we time one-layer
+copies of the model, exported to OpenVINO (INT8 when the output will be), with a grid of head counts
+at the full FFN and of neuron counts at full attention, at batch 1 and `--max_seq_length`. A least-
+squares fit gives the cost of one head and of one neuron; the full model is timed too, and what its
+layers do not explain (embeddings, QA head, per-layer overheads) is the fixed cost. The table and the
+fit are kept in the output's `compression_report.json`.
+
+All IRs are compiled first and then timed in interleaved rounds, each point's latency being the median
+of its round medians: on a shared 2-core VM, load that comes and goes then slows every point alike
+instead of the few timed while it lasted, and a budget given as a fraction of the full model's latency
+stays put (timed one point after the other under intermittent load, four tables' per-head costs
+were up to 3.2x apart; interleaved, 1.03x: `benchmarks/latency_table.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qacompress.model.architecture import require_layout
+from qacompress.measure.benchmark import BenchmarkSettings, synthetic_inputs, time_calls
+from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
+from qacompress.compression.selection import UnitCosts
+from qacompress.model.surgery import LayerKeep, current_sizes, prune_
+
+
+@dataclass
+class LatencyTable:
+    """Measured one-layer latencies (ms) per (heads, neurons), the fitted unit costs and the full model's."""
+
+    seq_length: int
+    quantized: bool
+    rounds: int = 1
+    points: list[dict] = field(default_factory=list)  # {"heads", "neurons", "ms", "round_ms"}
+    full_model_ms: float = 0.0
+    costs: UnitCosts | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["costs"] = asdict(self.costs) if self.costs else None
+        return out
+
+
+def _compiled_call(model: nn.Module, length: int, quantize: bool, precision: str) -> Callable[[], object]:
+    """One batch-1 inference of `model` as an OpenVINO IR (INT8 by PTQ when `quantize`), ready to time."""
+    import openvino as ov
+
+    from qacompress.compression.export import quantize_ir, to_openvino
+
+    names = ("input_ids", "attention_mask") if model.config.model_type == "distilbert" else (
+        "input_ids", "attention_mask", "token_type_ids"
+    )
+    inputs = synthetic_inputs(1, length, model.config.vocab_size, names, seed=0)
+    ov_model = to_openvino(model, {k: torch.from_numpy(v) for k, v in inputs.items()})
+    if quantize:
+        # Speed does not depend on the ranges, so one synthetic sample calibrates enough.
+        ov_model = quantize_ir(ov_model, [inputs], overflow_fix="enable")
+    compiled = ov.Core().compile_model(
+        ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    )
+    request = compiled.create_infer_request()
+    return lambda: request.infer(inputs)
+
+
+def _grid(full: int, points: int) -> list[int]:
+    return sorted({max(1, round(x)) for x in np.linspace(1, full, points)})
+
+
+@dataclass
+class LayerGrid:
+    """Compiled IRs of one-layer copies of a model (one per grid point) and of the model itself, ready to
+    time as often as wanted: compiling is the slow part, and timing all points together is the point."""
+
+    seq_length: int
+    quantized: bool
+    grid: list[tuple[int, int]]  # (heads, neurons) per one-layer IR
+    calls: list[Callable[[], object]]  # one inference per grid point, then the full model's
+    sizes: list[dict[str, int]]  # the full model's per-layer sizes
+
+
+def compile_layer_grid(
+    model: nn.Module, seq_length: int, *, quantize: bool, points: int = 5, progress: bool = True
+) -> LayerGrid:
+    """One-layer copies of `model` with `points` head counts at the full FFN and `points` neuron counts
+    at full attention, and `model` itself, as compiled OpenVINO IRs at batch 1 and `seq_length`."""
+    layout = require_layout(model)
+    sizes = current_sizes(model, layout)
+    heads, neurons = max(s["heads"] for s in sizes), max(s["intermediate_size"] for s in sizes)
+    grid = [(h, neurons) for h in _grid(heads, points)] + [(heads, n) for n in _grid(neurons, points) if n != neurons]
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = 1
+    setattr(config, PRUNING_CONFIG_ATTR, None)
+    from transformers import AutoModelForQuestionAnswering
+
+    precision = BenchmarkSettings().precision
+    calls = []
+    for h, n in tqdm(grid, desc="Layer latency table: export", disable=not progress, unit="point"):
+        torch.manual_seed(0)
+        one = AutoModelForQuestionAnswering.from_config(config).eval()
+        prune_(one, [LayerKeep(heads=list(range(h)), neurons=list(range(n)))])
+        calls.append(_compiled_call(one, seq_length, quantize, precision))
+    calls.append(_compiled_call(model.eval(), seq_length, quantize, precision))
+    return LayerGrid(seq_length=seq_length, quantized=quantize, grid=grid, calls=calls, sizes=sizes)
+
+
+def time_layer_grid(grid: LayerGrid, *, rounds: int = 5, min_seconds: float = 1.0, progress: bool = True) -> LatencyTable:
+    """Time every IR of `grid` in `rounds` interleaved rounds of `min_seconds / rounds` each; a point's
+    latency is the median of its round medians. The table carries the fitted unit costs."""
+    settings = BenchmarkSettings(warmup=2, min_iterations=5, min_seconds=min_seconds / rounds)
+    medians: list[list[float]] = [[] for _ in grid.calls]
+    for _ in tqdm(range(rounds), desc="Layer latency table: timing", disable=not progress, unit="round"):
+        for call, times in zip(grid.calls, medians):
+            times.append(time_calls(call, settings)["median"])
+    table = LatencyTable(seq_length=grid.seq_length, quantized=grid.quantized, rounds=rounds)
+    table.points = [
+        {"heads": h, "neurons": n, "ms": float(np.median(times)), "round_ms": times}
+        for (h, n), times in zip(grid.grid, medians)
+    ]
+    table.full_model_ms = float(np.median(medians[-1]))
+    table.costs = fit_unit_costs(table.points, table.full_model_ms, grid.sizes)
+    return table
+
+
+def measure_latency_table(
+    model: nn.Module,
+    seq_length: int,
+    *,
+    quantize: bool,
+    points: int = 5,
+    rounds: int = 5,
+    min_seconds: float = 1.0,
+    progress: bool = True,
+) -> LatencyTable:
+    """The latency table of `model` on this machine (`compile_layer_grid`, then `time_layer_grid`)."""
+    grid = compile_layer_grid(model, seq_length, quantize=quantize, points=points, progress=progress)
+    return time_layer_grid(grid, rounds=rounds, min_seconds=min_seconds, progress=progress)
+
+
+def fit_unit_costs(points: list[dict[str, float]], full_model_ms: float, sizes: list[dict[str, int]]) -> UnitCosts:
+    """Per-head and per-neuron latency by least squares on one-layer timings (ms = c + a*heads + b*neurons);
+    the fixed cost is what the model's units do not explain of its measured latency."""
+    design = np.array([[1.0, p["heads"], p["neurons"]] for p in points])
+    ms = np.array([p["ms"] for p in points])
+    (_, per_head, per_neuron), *_ = np.linalg.lstsq(design, ms, rcond=None)
+    heads = max(p["heads"] for p in points)
+    neurons = max(p["neurons"] for p in points)
+    # Timing noise must not make a unit look free (or worth negative time): floor at 1% of the mean cost.
+    per_head = max(float(per_head), 0.01 * float(ms.mean()) / heads)
+    per_neuron = max(float(per_neuron), 0.01 * float(ms.mean()) / neurons)
+    variable = sum(per_head * s["heads"] + per_neuron * s["intermediate_size"] for s in sizes)
+    return UnitCosts(head=per_head, neuron=per_neuron, fixed=max(0.0, float(full_model_ms) - variable))

@@ -1,0 +1,1 @@
+"""Layer 7: fine-tuning with compression through transformers' Trainer (public hooks only), its phases and arguments."""

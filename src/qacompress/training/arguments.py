@@ -1,0 +1,176 @@
+"""Command-line arguments of `qacompress train`: the flags of optimum-intel's run_qa.py, as dataclasses.
+
+Model and data arguments are those of transformers' `run_qa.py`; compression and distillation flags
+are those optimum-intel's `OVTrainingArguments` added; everything else is `TrainingArguments`. A single
+`.json` file of arguments works as in run_qa, and flags that transformers 5 renamed are translated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from qacompress.core.errors import QACompressError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """Which model to fine-tune, and which teacher to distil from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Model directory or Hub name; default: the packaged all-MiniLM-L6-v2 encoder"},
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's"})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's"})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored"})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)"})
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Fine-tuned QA model to distil from (enables knowledge distillation)"}
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data to train and evaluate on, and how to cut it into features."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset name (e.g. squad, squad_v2)"})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration"})
+    train_file: str | None = field(default=None, metadata={"help": "Training data: .json (SQuAD), .jsonl or .csv"})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data: .json, .jsonl or .csv"})
+    test_file: str | None = field(default=None, metadata={"help": "Prediction data: .json, .jsonl or .csv"})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached features"})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation"})
+    max_seq_length: int = field(default=384, metadata={"help": "Tokens per feature (question + context window)"})
+    pad_to_max_length: bool = field(
+        default=True, metadata={"help": "Pad every feature to max_seq_length (else pad per batch)"}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training examples"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation examples"})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test examples"})
+    version_2_with_negative: bool = field(default=False, metadata={"help": "Data has unanswerable questions"})
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": "Answer '' when null score - best span score exceeds this (v2)"}
+    )
+    doc_stride: int = field(default=128, metadata={"help": "Overlap in tokens between context windows"})
+    n_best_size: int = field(default=20, metadata={"help": "Candidate spans kept per question"})
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens"})
+
+    def __post_init__(self) -> None:
+        if self.doc_stride < 0 or self.max_seq_length < 16:
+            raise QACompressError(
+                f"--max_seq_length must be >= 16 and --doc_stride >= 0 (got {self.max_seq_length}, {self.doc_stride})"
+            )
+        if self.n_best_size < 1 or self.max_answer_length < 1:
+            raise QACompressError("--n_best_size and --max_answer_length must be >= 1")
+
+
+@dataclass
+class QACompressTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus compression, distillation and export settings."""
+
+    nncf_compression_config: str | None = field(
+        default=None,
+        metadata={"help": "NNCF JSON config (quantization and/or movement_sparsity sections)"},
+    )
+    compression: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: the --nncf_compression_config, else INT8 QAT with the default config; "
+            "none: plain FP32 fine-tuning (baselines, teachers)"
+        },
+    )
+    distillation_weight: float = field(default=0.5, metadata={"help": "Weight w of the distillation loss, in [0, 1]"})
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T >= 1"})
+    hidden_distillation_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the teacher-student hidden-state MSE (layer-wise distillation; same hidden size)"},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into a non-empty output_dir that holds no checkpoint"}
+    )
+    export_openvino: bool = field(default=True, metadata={"help": "Write openvino_model.xml/.bin beside the model"})
+    inference_precision: str = field(
+        default="f32", metadata={"help": "OpenVINO CPU precision for evaluating the IR: f32, bf16 or auto"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.compression not in ("auto", "none"):
+            raise QACompressError(f"--compression must be 'auto' or 'none', got {self.compression!r}")
+        if self.compression == "none" and self.nncf_compression_config:
+            raise QACompressError("--compression none contradicts --nncf_compression_config; pass one of them")
+        if not 0.0 <= self.distillation_weight <= 1.0:
+            raise QACompressError(f"--distillation_weight must be in [0, 1], got {self.distillation_weight}")
+        if self.hidden_distillation_weight < 0:
+            raise QACompressError(f"--hidden_distillation_weight must be >= 0, got {self.hidden_distillation_weight}")
+        if self.distillation_temperature < 1.0:
+            raise QACompressError(f"--distillation_temperature must be >= 1, got {self.distillation_temperature}")
+        if self.inference_precision not in ("f32", "bf16", "auto"):
+            raise QACompressError(f"--inference_precision must be f32, bf16 or auto, got {self.inference_precision!r}")
+        if (self.fp16 or self.fp16_full_eval) and not _has_accelerator():
+            raise QACompressError(
+                "--fp16 needs a CUDA GPU (or another accelerator torch supports) and none is available; drop "
+                "--fp16 (CPU training runs in FP32; --bf16 works on CPUs with bfloat16 support)"
+            )
+        if not _has_accelerator():
+            # On a CPU-only machine, say so: accelerate then sets up gloo DDP under torchrun (without
+            # it, each torchrun process would train alone), and pinning memory would only warn.
+            self.use_cpu = True
+            self.dataloader_pin_memory = False
+        super().__post_init__()
+
+
+def _has_accelerator() -> bool:
+    """CUDA, ROCm, XPU, MPS...: whichever torch can train on; transformers decides what each supports."""
+    import torch
+
+    return torch.accelerator.is_available()
+
+
+#: Flags of the transformers 4 era that users' scripts still pass, and their transformers 5 names.
+LEGACY_FLAGS = {"--evaluation_strategy": "--eval_strategy", "--no_cuda": "--use_cpu", "--warmup_ratio": "--warmup_steps"}
+
+
+def _translate_legacy(argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in LEGACY_FLAGS:
+            logger.warning("%s is called %s in transformers 5; using that", name, LEGACY_FLAGS[name])
+            arg = LEGACY_FLAGS[name] + eq + value
+        elif name == "--logging_dir":
+            raise QACompressError(
+                "--logging_dir was removed in transformers 5; set TENSORBOARD_LOGGING_DIR=DIR instead "
+                "(TensorBoard logs go to OUTPUT_DIR/runs by default)"
+            )
+        out.append(arg)
+    return out
+
+
+def parse_train_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataTrainingArguments, QACompressTrainingArguments]:
+    """Parse flags, or a single .json file of them (as run_qa does)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, QACompressTrainingArguments))
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            if not os.path.isfile(argv[0]):
+                raise QACompressError(f"{argv[0]}: arguments file not found")
+            model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        else:
+            model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=_translate_legacy(argv))
+    except ValueError as exc:
+        raise QACompressError(str(exc).splitlines()[0]) from None
+    return model_args, data_args, training_args
+
+
+def build_parser() -> HfArgumentParser:
+    """The parser, for `--help` and documentation."""
+    return HfArgumentParser((ModelArguments, DataTrainingArguments, QACompressTrainingArguments))
