@@ -26,14 +26,16 @@ import torch  # noqa: E402
 from common import SQUAD, WORK, write_results  # noqa: E402
 from transformers import DataCollatorWithPadding, Trainer  # noqa: E402
 
-from qacompress.training.arguments import QACompressTrainingArguments  # noqa: E402
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.core.cpu import describe  # noqa: E402
-from qacompress.data.squad import load_examples  # noqa: E402
-from qacompress.inference.evaluation import DecodeSettings, evaluate_runner  # noqa: E402
 from qacompress.data.features import prepare_eval_features  # noqa: E402
-from qacompress.model.loading import default_model_path, load_qa_model, load_tokenizer  # noqa: E402
-from qacompress.training.phases import model_inputs  # noqa: E402
+from qacompress.data.postprocess import DecodeSettings
+from qacompress.data.squad import load_examples  # noqa: E402
+from qacompress.inference.evaluation import evaluate_runner  # noqa: E402
 from qacompress.inference.runners import TorchQAModel  # noqa: E402
+from qacompress.model.loading import default_model_path, load_tokenizer  # noqa: E402
+from qacompress.training.arguments import QACompressTrainingArguments  # noqa: E402
+from qacompress.training.phases import model_inputs  # noqa: E402
 from qacompress.training.trainer import QACompressTrainer  # noqa: E402
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS, SQUAD, WORK, write_results  # noqa: E402
 
-from qacompress.data.squad import gold_answers, load_examples  # noqa: E402
-from qacompress.inference.evaluation import run_features  # noqa: E402
 from qacompress.data.features import prepare_eval_features  # noqa: E402
 from qacompress.data.metrics import squad_metrics  # noqa: E402
-from qacompress.model.loading import load_tokenizer  # noqa: E402
 from qacompress.data.postprocess import postprocess_qa_predictions  # noqa: E402
-from qacompress.inference.runners import OpenVINOQAModel  # noqa: E402
+from qacompress.data.squad import gold_answers, load_examples  # noqa: E402
+from qacompress.inference.evaluation import run_features  # noqa: E402
+from qacompress.ir.runtime import OpenVINOQAModel  # noqa: E402
+from qacompress.model.loading import load_tokenizer  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -22,11 +22,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SQUAD, write_results  # noqa: E402
 
-from qacompress.inference.evaluation import evaluate  # noqa: E402
-from qacompress.compression.export import compress_weights, example_inputs, save_ir_dir, to_openvino  # noqa: E402
-from qacompress.model.loading import IR_FILE, load_qa_model, load_tokenizer  # noqa: E402
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.compression.export import to_openvino  # noqa: E402
 from qacompress.compression.quantization import is_quantized, quantizes_word_table  # noqa: E402
 from qacompress.compression.wordtable import holds_word_table  # noqa: E402
+from qacompress.core.ondisk import IR_FILE
+from qacompress.inference.evaluation import evaluate  # noqa: E402
+from qacompress.ir.convert import example_inputs
+from qacompress.ir.ptq import save_ir_dir
+from qacompress.ir.weights import compress_weights
+from qacompress.model.loading import load_tokenizer  # noqa: E402
 
 
 def ir_mb(directory: Path) -> float:

@@ -19,13 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SQUAD, write_results  # noqa: E402
 
-from qacompress.data.squad import load_examples  # noqa: E402
-from qacompress.data.features import prepare_eval_features  # noqa: E402
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.fisher import fisher_importance  # noqa: E402
 from qacompress.compression.latency import compile_layer_grid, time_layer_grid  # noqa: E402
-from qacompress.model.loading import load_qa_model, load_tokenizer  # noqa: E402
 from qacompress.compression.pruning import feature_batches  # noqa: E402
 from qacompress.compression.selection import select_structure  # noqa: E402
+from qacompress.data.features import prepare_eval_features  # noqa: E402
+from qacompress.data.squad import load_examples  # noqa: E402
+from qacompress.model.loading import load_tokenizer  # noqa: E402
 
 BUSY = """
 import time, sys

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, write_results  # noqa: E402
 
 from qacompress.core import atomic
-from qacompress.measure.benchmark import BenchmarkSettings, measure_model
 from qacompress.core.cpu import cpu_info
 from qacompress.data.intervals import paired_bootstrap
+from qacompress.measure.benchmark import BenchmarkSettings, measure_model
 
 #: batch 1 at this length, as issue 22 asks, besides the real (unpadded) features
 SEQ_LENGTH = 256

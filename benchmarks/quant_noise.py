@@ -19,9 +19,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS, SQUAD, write_results  # noqa: E402
 
-from qacompress.inference.evaluation import DecodeSettings, eval_data, evaluate_runner  # noqa: E402
-from qacompress.model.loading import load_qa_model, load_tokenizer  # noqa: E402
-from qacompress.inference.runners import OpenVINOQAModel, TorchQAModel  # noqa: E402
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.data.postprocess import DecodeSettings
+from qacompress.inference.evaluation import eval_data, evaluate_runner  # noqa: E402
+from qacompress.inference.runners import TorchQAModel  # noqa: E402
+from qacompress.ir.runtime import OpenVINOQAModel
+from qacompress.model.loading import load_tokenizer  # noqa: E402
 
 EPS = 1e-6
 SEEDS = (0, 1, 2)

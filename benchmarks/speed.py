@@ -17,13 +17,15 @@ from pathlib import Path
 
 import torch
 
-from qacompress.measure.benchmark import BenchmarkSettings, format_table, measure_model
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.config import default_compression_config
-from qacompress.data.squad import load_examples
-from qacompress.compression.export import post_training_quantize, save_model_dir
-from qacompress.data.features import MODEL_INPUT_NAMES, prepare_train_features
-from qacompress.model.loading import default_model_path, load_qa_model, load_tokenizer
+from qacompress.compression.export import save_model_dir
 from qacompress.compression.quantization import quantize_model
+from qacompress.data.features import MODEL_INPUT_NAMES, prepare_train_features
+from qacompress.data.squad import load_examples
+from qacompress.ir.ptq import post_training_quantize
+from qacompress.measure.benchmark import BenchmarkSettings, format_table, measure_model
+from qacompress.model.loading import default_model_path, load_tokenizer
 from qacompress.model.surgery import prune_
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -29,12 +29,13 @@ KINDS = ("fp32", "qat", "qat_float_table", "jpqd_warmup", "jpqd_finetune")
 
 def build(kind: str, features):
     """(student, teacher or None, callbacks) for one kind of step."""
+    from qacompress.compression.checkpoint import load_qa_model
     from qacompress.compression.config import default_compression_config, load_compression_config
-    from qacompress.model.loading import default_model_path, load_qa_model
     from qacompress.compression.movement import attach_movement_pruning
-    from qacompress.training.phases import calibration_samples
     from qacompress.compression.quantization import quantize_model
+    from qacompress.model.loading import default_model_path
     from qacompress.model.surgery import prune_
+    from qacompress.training.phases import calibration_samples
     from qacompress.training.trainer import MovementScheduleCallback
 
     path = default_model_path()
@@ -62,11 +63,11 @@ def run_steps(kind: str, steps: int, batch: int, seq: int, queue) -> None:
     import torch
     from transformers import TrainerCallback, default_data_collator
 
-    from qacompress.training.arguments import QACompressTrainingArguments
-    from qacompress.measure.benchmark import peak_rss_mb
-    from qacompress.data.squad import load_examples
     from qacompress.data.features import prepare_train_features
+    from qacompress.data.squad import load_examples
+    from qacompress.measure.benchmark import peak_rss_mb
     from qacompress.model.loading import default_model_path, load_tokenizer
+    from qacompress.training.arguments import QACompressTrainingArguments
     from qacompress.training.phases import model_inputs
     from qacompress.training.trainer import QACompressTrainer
 

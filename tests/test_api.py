@@ -51,7 +51,7 @@ def test_import_is_light_and_verbs_resolve():
     code = (
         "import sys, qacompress\n"
         "assert 'torch' not in sys.modules, 'import qacompress pulled in torch'\n"
-        "from qacompress.training.run import run_train\n"
+        "from qacompress.jobs.train import run_train\n"
         "assert qacompress.run_train is run_train and callable(qacompress.evaluate)\n"
         "assert set(qacompress.__all__) >= {'run_train', 'evaluate', 'QAPredictor', 'quantize_model', 'fisher_prune'}\n"
         "try:\n    qacompress.nothing_here\nexcept AttributeError:\n    print('ok')\n"

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from qacompress.cli import main
-from qacompress.compression.export import post_training_quantize, save_model_dir
-from qacompress.model.loading import load_qa_model, load_tokenizer
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.compression.export import save_model_dir
+from qacompress.ir.ptq import post_training_quantize
+from qacompress.model.loading import load_tokenizer
 
 
 @pytest.fixture(scope="module")

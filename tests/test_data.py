@@ -12,8 +12,8 @@ import datasets
 import pytest
 from conftest import squad_doc, write_json
 
-from qacompress.data.squad import SQUAD_FEATURES, gold_answers, load_examples
 from qacompress.core.errors import DataError
+from qacompress.data.squad import SQUAD_FEATURES, gold_answers, load_examples
 
 CONTEXT = "Denver Broncos won Super Bowl 50 in Santa Clara."
 

@@ -12,15 +12,16 @@ import torch
 from torch import nn
 
 from qacompress.cli import main
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.config import MovementSparsityConfig, SparseStructure, default_compression_config
-from qacompress.compression.export import cpu_float_copy, to_openvino
-from qacompress.training.jpqd import freeze_zeros
-from qacompress.model.loading import load_qa_model
+from qacompress.compression.export import to_openvino
 from qacompress.compression.movement import attach_movement_pruning
-from qacompress.core.ondisk import INT8_EMBEDDINGS, QUANTIZER_LAYOUT, STATE_FILE
 from qacompress.compression.quantization import is_quantized, quantize_model
+from qacompress.core.ondisk import INT8_EMBEDDINGS, QUANTIZER_LAYOUT, STATE_FILE
 from qacompress.inference.runners import TorchQAModel
+from qacompress.ir.convert import cpu_float_copy
 from qacompress.model.surgery import LayerKeep, prune_
+from qacompress.training.pruned import freeze_zeros
 from qacompress.training.trainer import QACompressTrainer
 
 FFN_OUT0 = "bert.encoder.layer.0.output.dense.weight"

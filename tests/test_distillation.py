@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from qacompress.compression.distillation import DistillationConfig, check_teacher_tokenizer, distillation_loss, freeze_teacher
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.compression.distillation import (
+    DistillationConfig,
+    check_teacher_tokenizer,
+    distillation_loss,
+    freeze_teacher,
+)
 from qacompress.core.errors import ModelError
-from qacompress.model.loading import load_qa_model
 
 STUDENT = (
     np.array([[1.0, 2.0, 0.5, -1.0, 0.0], [0.3, -0.2, 2.5, 1.0, -3.0]]),

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_jpqd import TINY_JPQD, TINY_QUANTIZATION, assert_holds_word_table
 
 from qacompress.cli import main
-from qacompress.model.loading import load_qa_model
-from test_jpqd import TINY_JPQD, TINY_QUANTIZATION, assert_holds_word_table
+from qacompress.compression.checkpoint import load_qa_model
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 

@@ -11,7 +11,6 @@ import unicodedata
 import datasets
 import pytest
 
-from qacompress.data.squad import SQUAD_FEATURES, load_examples
 from qacompress.core.errors import DataError, ModelError, QACompressError
 from qacompress.data.features import (
     MODEL_INPUT_NAMES,
@@ -20,6 +19,7 @@ from qacompress.data.features import (
     prepare_train_features,
     resolve_max_seq_length,
 )
+from qacompress.data.squad import SQUAD_FEATURES, load_examples
 
 NOT_IN_CONTEXT = [-1, -1]
 FILLER = " ".join(f"Sentence number {n} talks about the weather in town number {n}." for n in range(30))
@@ -221,9 +221,8 @@ def test_question_without_room_for_context(tokenizer):
 
 @pytest.mark.parametrize("prepare", [prepare_train_features, prepare_eval_features])
 def test_tokenizer_that_drops_the_text_is_named(prepare, tmp_path):
-    from transformers import AutoTokenizer
-
     from conftest import text_dropping_tokenizer
+    from transformers import AutoTokenizer
 
     broken = AutoTokenizer.from_pretrained(text_dropping_tokenizer(tmp_path / "roberta"))
     with pytest.raises(ModelError) as caught:  # not an IndexError deep in the label search

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from qacompress.cli import main
-from qacompress.model.loading import load_qa_model
-from qacompress.compression.quantization import is_quantized
 from test_devices import train_args
 from test_jpqd import TINY_JPQD  # warm-up to step 12 of 16
 from test_prune import prune_cli
+
+from qacompress.cli import main
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.compression.quantization import is_quantized
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

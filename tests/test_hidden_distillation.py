@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from qacompress.cli import main
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.distillation import DistillationConfig, freeze_teacher, hidden_distillation_loss
-from qacompress.model.loading import load_qa_model
 
 
 def hand_mse(a, b, mask):

@@ -10,21 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_quantization import compile_ir, ir_logits
 from transformers import AutoConfig
 
-from qacompress.model.architecture import require_layout
-from qacompress.compression.checkpoint import load_compression_state
 from qacompress.cli import main
+from qacompress.compression.checkpoint import load_compression_state, load_qa_model
 from qacompress.compression.config import DEFAULT_QUANTIZATION
-from qacompress.inference.evaluation import eval_data, run_features
-from qacompress.model.loading import load_qa_model, load_tokenizer
-from qacompress.inference.runners import OpenVINOQAModel, TorchQAModel
 from qacompress.compression.wordtable import holds_word_table, int8_grid
-from test_quantization import compile_ir, ir_logits
+from qacompress.inference.evaluation import eval_data, run_features
+from qacompress.inference.runners import TorchQAModel
+from qacompress.ir.runtime import OpenVINOQAModel
+from qacompress.model.architecture import require_layout
+from qacompress.model.loading import load_tokenizer
 
 #: The quantization section of the default and of the shipped configs (configs/minilm-jpqd.json):
 #: embeddings, residual adds and layer norms ignored, so QAT holds the word table on its INT8 grid
-#: (`ir_embeddings: int8` implied). Calibrated on 16 samples here instead of 300.
+#: (`int8_embeddings: true` implied). Calibrated on 16 samples here instead of 300.
 TINY_QUANTIZATION = {**json.loads(json.dumps(DEFAULT_QUANTIZATION)), "initializer": {"range": {"num_init_samples": 16}}}
 
 TINY_JPQD = [

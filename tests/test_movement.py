@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qacompress.model.architecture import require_layout
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.config import MovementSparsityConfig, parse_compression_config
-from qacompress.core.errors import ConfigError
-from qacompress.model.loading import load_qa_model
 from qacompress.compression.movement import MaskedLinear, attach_movement_pruning, detach_movement_pruning
+from qacompress.core.errors import ConfigError
 from qacompress.core.ondisk import MOVEMENT_ATTR
+from qacompress.model.architecture import require_layout
 
 HEAD_SIZE = 8  # tiny models: hidden 32, 4 heads
 

@@ -24,7 +24,8 @@ def protocol():
 @pytest.fixture(scope="module")
 def other_model_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     """The tiny BERT with its QA head drawn again: other answers on the same questions."""
-    from qacompress.model.loading import load_qa_model, load_tokenizer
+    from qacompress.compression.checkpoint import load_qa_model
+    from qacompress.model.loading import load_tokenizer
 
     torch.manual_seed(7)
     model = load_qa_model(str(tiny_bert_dir))

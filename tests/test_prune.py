@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import copy
 import itertools
-import re
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from qacompress.model.architecture import require_layout
 from qacompress.cli import main
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.config import DEFAULT_QUANTIZATION
-from qacompress.data.squad import load_examples
-from qacompress.data.features import prepare_eval_features
-from qacompress.compression.latency import LatencyTable, fit_unit_costs
 from qacompress.compression.fisher import Importance, fisher_importance, forward_inputs, position_log_probs
-from qacompress.model.loading import load_qa_model
+from qacompress.compression.latency import LatencyTable, fit_unit_costs
 from qacompress.compression.pruning import feature_batches
 from qacompress.compression.refit import reconstruction_errors, refit_
 from qacompress.compression.selection import UnitCosts, mac_costs, select_structure
+from qacompress.data.features import prepare_eval_features
+from qacompress.data.squad import load_examples
+from qacompress.model.architecture import require_layout
 from qacompress.model.surgery import current_sizes, prune_
 
 SEQ = 64
@@ -190,7 +190,7 @@ def test_refit_lowers_every_layers_reconstruction_error(tiny_bert_dir, calibrati
 
 def test_pruned_ir_computes_the_pruned_torch_model(tiny_bert_dir, tokenizer, calibration, tmp_path):
     from qacompress.compression.export import save_model_dir
-    from qacompress.inference.runners import OpenVINOQAModel
+    from qacompress.ir.runtime import OpenVINOQAModel
 
     model = load_qa_model(str(tiny_bert_dir)).eval()
     fit_batches, held_out = calibration

@@ -17,16 +17,22 @@ import pytest
 import torch
 from torch import nn
 
-from qacompress.compression.checkpoint import save_compressed, split_state_dict
-from qacompress.core.cpu import cpu_info, describe, has_int8_dot_product
+from qacompress.compression.checkpoint import load_qa_model, save_compressed, split_state_dict
 from qacompress.compression.config import QuantizationConfig, default_compression_config, load_compression_config
-from qacompress.core.errors import ConfigError, ModelError
 from qacompress.compression.export import save_model_dir
-from qacompress.model.loading import IR_FILE, load_qa_model, load_tokenizer
-from qacompress.core.ondisk import STATE_FILE
-from qacompress.compression.quantization import is_quantized, quantize_model, quantizes_word_table, resolve_ignored_scope
-from qacompress.inference.runners import OpenVINOQAModel, TorchQAModel, load_runner
+from qacompress.compression.quantization import (
+    is_quantized,
+    quantize_model,
+    quantizes_word_table,
+    resolve_ignored_scope,
+)
 from qacompress.compression.wordtable import holds_word_table
+from qacompress.core.cpu import cpu_info, describe, has_int8_dot_product
+from qacompress.core.errors import ConfigError, ModelError
+from qacompress.core.ondisk import IR_FILE, STATE_FILE
+from qacompress.inference.runners import TorchQAModel, load_runner
+from qacompress.ir.runtime import OpenVINOQAModel
+from qacompress.model.loading import load_tokenizer
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 N_LINEARS = 2 * 6 + 1  # q, k, v, attention output, FFN in, FFN out per layer, plus the QA head
@@ -89,7 +95,7 @@ def quantized(tiny_bert_dir, calibration):
 
 @pytest.fixture(scope="module")
 def float_tables(tiny_bert_dir, calibration):
-    """QAT set-up with `ir_embeddings: float`: the word table is not held on the INT8 grid but trained
+    """QAT set-up with `int8_embeddings: false`: the word table is not held on the INT8 grid but trained
     in float, as every QAT did before tables were held (such a model's INT8 export rounds it afterwards)."""
     config = dataclasses.replace(default_compression_config().quantization, int8_embeddings=False)
     return quantize_model(load_qa_model(str(tiny_bert_dir)), config, calibration).eval()
@@ -120,7 +126,7 @@ def float_tables_dir(float_tables, tok, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def float_embeddings_dir(float_tables, tok, tmp_path_factory):
-    """The float-table model exported with its tables kept in float (`ir_embeddings: float`)."""
+    """The float-table model exported with its tables kept in float (`int8_embeddings: false`)."""
     return save_model_dir(float_tables, tok, tmp_path_factory.mktemp("qat-float-emb") / "model", int8_embeddings=False)
 
 
@@ -198,7 +204,7 @@ def test_default_config_inserts_quantizers_but_not_on_embeddings(plain, quantize
     assert not ignored_inputs
     outputs = [n for n in names if n.startswith("post_hooks") and ("embedding" in n or "/add/" in n or "layer_norm" in n)]
     assert all("layer_norm" in n for n in outputs), outputs
-    # The word table is held on its INT8 grid instead (not trained; `ir_embeddings: float` trains it).
+    # The word table is held on its INT8 grid instead (not trained; `int8_embeddings: false` trains it).
     assert not quantizes_word_table(quantized) and holds_word_table(quantized)
     assert not holds_word_table(float_tables) and not holds_word_table(plain)
     # Control: the seed config does not ignore NNCFEmbedding, and then NNCF 3 does quantize the tables,
@@ -330,7 +336,7 @@ def test_ir_has_fake_quantize_and_int8_weights(quantized_dir, float_tables_dir, 
             for t in op.output(0).get_target_inputs()
         )
     # The word table: 8-bit (weights-only, per row with a zero point) whether QAT held it on that grid
-    # or the export rounded it, float when the config asks for it (`ir_embeddings: float`).
+    # or the export rounded it, float when the config asks for it (`int8_embeddings: false`).
     for directory in (quantized_dir, float_tables_dir):
         table = stored_table(read_ir(directory))
         assert table.get_type_name() == "Constant" and table.get_element_type() == ov.Type.u8
@@ -429,7 +435,7 @@ def ir_vs_torch(directory, quantized, plain, tok, pairs, size, length, *, emulat
 @pytest.fixture(scope="module")
 def unfixed(tiny_bert_dir, calibration):
     """Quantized with `overflow_fix: disable` (full 8-bit weights), as NNCF 3 would do by default. Its
-    word table trains in float (`ir_embeddings: float`), as when these tests were written: with the
+    word table trains in float (`int8_embeddings: false`), as when these tests were written: with the
     held table, this model's emulated IR differs from torch at one token of 288 (2.4e-4 on one logit),
     one activation landing within summation-order distance of an 8-bit rounding boundary, the noise
     floor docs/results.md describes; the held table's exactness is tested on the default model."""

@@ -12,20 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from qacompress.model.architecture import find_layout
-from qacompress.cli import main
-from qacompress.compression.config import CompressionConfig, MovementSparsityConfig, QuantizationConfig, QuantizerParams
-from qacompress.core.errors import ConfigError
-from qacompress.training.jpqd import plan_steps
-from qacompress.model.loading import load_qa_model, load_tokenizer
-from qacompress.compression.movement import attach_movement_pruning
-from qacompress.compression.quantization import quantize_model
-from qacompress.model.surgery import LayerKeep, current_sizes, prune_
-from qacompress.training.phases import last_complete_checkpoint
 from test_movement import seed_like
 from test_quantization import activation_ranges, quantizers
 from test_scopes import SEED_ATTENTION, SEED_FFN_IN, SEED_FFN_OUT, selected_linears
+
+from qacompress.cli import main
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.compression.config import CompressionConfig, MovementSparsityConfig, QuantizationConfig, QuantizerParams
+from qacompress.compression.movement import attach_movement_pruning
+from qacompress.compression.quantization import quantize_model
+from qacompress.core.errors import ConfigError
+from qacompress.model.architecture import find_layout
+from qacompress.model.loading import load_tokenizer
+from qacompress.model.surgery import LayerKeep, current_sizes, prune_
+from qacompress.training.jpqd import plan_steps
+from qacompress.training.phases import last_complete_checkpoint
 
 WEIGHT_PORT = "__1.0"  # NNCF 3 hook names: port 1 of a linear is its weight
 NO_EMBEDDINGS = ["{re}.*NNCFEmbedding.*"]  # keeps the 30522-row embedding quantizer (and its time) out
@@ -269,7 +270,7 @@ def test_inference_precision_reaches_openvino(tmp_path, tiny_bert_dir, squad_dir
     on an AVX-512 VNNI Xeon without BF16, f32 on an AVX2-only EPYC.)"""
     import openvino as ov
 
-    from qacompress.inference.runners import OpenVINOQAModel
+    from qacompress.ir.runtime import OpenVINOQAModel
 
     out = tmp_path / "run"
     args = ["train", "--model_name_or_path", str(tiny_bert_dir), "--compression", "none", "--do_train", "--do_eval",

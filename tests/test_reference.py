@@ -16,7 +16,8 @@ def provenance() -> dict:
 
 
 def test_reference_loads_as_an_fp32_minilm_qa_model():
-    from qacompress.model.loading import load_qa_model, load_tokenizer
+    from qacompress.compression.checkpoint import load_qa_model
+    from qacompress.model.loading import load_tokenizer
 
     model = load_qa_model(str(REFERENCE))
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # stored fp16, computed in FP32

@@ -17,12 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qacompress.core.atomic import COMMIT, STAGING, recover, staged_files
 from qacompress.cli import main
-from qacompress.data.squad import load_examples
+from qacompress.core.atomic import COMMIT, STAGING, recover, staged_files
 from qacompress.core.errors import DataError
 from qacompress.data.features import prepare_eval_features
 from qacompress.data.postprocess import postprocess_qa_predictions
+from qacompress.data.squad import load_examples
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = "The cat sat on the mat."
@@ -334,7 +334,7 @@ def _assert_same_training(a: Path, b: Path) -> None:
     runs killed and resumed: the checkpoint restores weights, quantizers, optimizer, scheduler, RNG
     states and the data order). A JPQD run resumed in its fine-tuning phase used to drift (1e-4 in step
     losses) because the uninterrupted run lost its frozen zeros' gradient hooks in `nncf.quantize`'s
-    copy; since they are set after quantization (`jpqd.finetune_pruned`), both runs are identical."""
+    copy; since they are set after quantization (`pruned.finetune_pruned`), both runs are identical."""
     assert _step_losses(a) == _step_losses(b)
     first, second = _final_tensors(a), _final_tensors(b)
     assert first.keys() == second.keys()

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from qacompress.model.architecture import BERT_QA_HEAD_ALIAS, find_layout, require_layout
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.core.errors import ModelError
-from qacompress.compression.export import example_inputs
-from qacompress.model.loading import load_qa_model
+from qacompress.ir.convert import example_inputs
+from qacompress.model.architecture import BERT_QA_HEAD_ALIAS, find_layout, require_layout
 from qacompress.model.scopes import compile_check, matches, matches_any, module_scopes, op_scopes
 
 BERT_LAYER = "BertForQuestionAnswering/BertModel[bert]/BertEncoder[encoder]/ModuleList[layer]/BertLayer[{i}]"

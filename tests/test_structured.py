@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from qacompress.model.architecture import require_layout
-from qacompress.core.errors import ModelError
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.export import save_model_dir
-from qacompress.model.loading import load_qa_model
+from qacompress.core.errors import ModelError
+from qacompress.model.architecture import require_layout
 from qacompress.model.surgery import LayerKeep, current_sizes, linear_weight_count, prune_
 
 N_HEADS, HEAD_SIZE, HIDDEN, FFN = 4, 8, 32, 64
@@ -158,7 +158,7 @@ def test_linear_weight_count_before_and_after(tiny_bert_dir):
 def test_saved_pruned_model_reloads_and_exports_a_smaller_ir(tiny_bert_dir, tokenizer, inputs, tmp_path):
     from transformers import AutoConfig
 
-    from qacompress.inference.runners import OpenVINOQAModel
+    from qacompress.ir.runtime import OpenVINOQAModel
 
     full = load_qa_model(str(tiny_bert_dir)).eval()
     full_dir = save_model_dir(full, tokenizer, tmp_path / "full", export_ir=True)

@@ -21,14 +21,16 @@ import openvino as ov
 import pytest
 import torch
 
-from qacompress.measure.benchmark import synthetic_inputs
 from qacompress.cli import main
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.config import default_compression_config, parse_compression_config
+from qacompress.compression.export import export_openvino, save_model_dir, to_openvino
+from qacompress.compression.quantization import quantize_model
 from qacompress.core.cpu import cpu_info
 from qacompress.core.errors import ConfigError, ModelError
-from qacompress.compression.export import example_inputs, export_openvino, save_model_dir, to_openvino
-from qacompress.model.loading import IR_FILE, load_qa_model, load_tokenizer
-from qacompress.compression.quantization import quantize_model
+from qacompress.core.ondisk import IR_FILE
+from qacompress.core.timing import synthetic_inputs
+from qacompress.ir.convert import example_inputs
 from qacompress.measure.variants import (
     candidates,
     choose_variant,
@@ -37,6 +39,7 @@ from qacompress.measure.variants import (
     recommend,
     warn_if_int8_is_slower,
 )
+from qacompress.model.loading import load_tokenizer
 
 LOGGER = "qacompress.measure.variants"
 
@@ -197,10 +200,17 @@ def test_export_variant_choices(qat_dir: Path, tiny_bert_dir: Path, tmp_path: Pa
     assert "--variant must be one of auto, int8, int8_weights, fp32" in capsys.readouterr().err
 
 
-def test_ir_embeddings_config_key() -> None:
+def test_int8_embeddings_config_key() -> None:
+    """One spelling: `int8_embeddings` (a bool) as in code and in the saved state; the earlier
+    `ir_embeddings: "int8" | "float"` is still read, with a warning that names the new key."""
     section = {"algorithm": "quantization"}
     assert parse_compression_config(section).quantization.int8_embeddings is True
-    assert parse_compression_config({**section, "ir_embeddings": "float"}).quantization.int8_embeddings is False
+    assert parse_compression_config({**section, "int8_embeddings": False}).quantization.int8_embeddings is False
+    with pytest.raises(ConfigError, match="int8_embeddings"):
+        parse_compression_config({**section, "int8_embeddings": "no"})
+    legacy = parse_compression_config({**section, "ir_embeddings": "float"})
+    assert legacy.quantization.int8_embeddings is False
+    assert any("'int8_embeddings': false" in w for w in legacy.warnings), legacy.warnings
     with pytest.raises(ConfigError, match="ir_embeddings"):
         parse_compression_config({**section, "ir_embeddings": "int4"})
 

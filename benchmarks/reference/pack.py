@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.core import atomic
 from qacompress.core.cpu import cpu_info
-from qacompress.model.loading import load_qa_model, load_tokenizer
+from qacompress.model.loading import load_tokenizer
 
 
 def training_history(run: Path, train_runtime_s: float | None = None) -> dict:

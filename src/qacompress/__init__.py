@@ -28,9 +28,9 @@ __version__ = "0.1.0"
 
 #: Public name -> (module, attribute), imported when first used.
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "run_train": ("qacompress.training.run", "run_train"),  # not `train`: that name is the module qacompress.training.run
+    "run_train": ("qacompress.jobs.train", "run_train"),
     "ModelArguments": ("qacompress.training.arguments", "ModelArguments"),
-    "DataTrainingArguments": ("qacompress.training.arguments", "DataTrainingArguments"),
+    "DataTrainingArguments": ("qacompress.data.arguments", "DataTrainingArguments"),
     "QACompressTrainingArguments": ("qacompress.training.arguments", "QACompressTrainingArguments"),
     "QuantizationConfig": ("qacompress.compression.config", "QuantizationConfig"),
     "MovementSparsityConfig": ("qacompress.compression.config", "MovementSparsityConfig"),
@@ -39,14 +39,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "attach_movement_pruning": ("qacompress.compression.movement", "attach_movement_pruning"),
     "prune_": ("qacompress.model.surgery", "prune_"),
     "LayerKeep": ("qacompress.model.surgery", "LayerKeep"),
-    "PruneConfig": ("qacompress.compression.pruning", "PruneConfig"),
+    "PruneConfig": ("qacompress.compression.config", "PruneConfig"),
     "fisher_prune": ("qacompress.compression.pruning", "fisher_prune"),
-    "load_qa_model": ("qacompress.model.loading", "load_qa_model"),
+    "load_qa_model": ("qacompress.compression.checkpoint", "load_qa_model"),
     "load_tokenizer": ("qacompress.model.loading", "load_tokenizer"),
     "load_examples": ("qacompress.data.squad", "load_examples"),
     "save_model_dir": ("qacompress.compression.export", "save_model_dir"),
     "evaluate": ("qacompress.inference.evaluation", "evaluate"),
-    "DecodeSettings": ("qacompress.inference.evaluation", "DecodeSettings"),
+    "DecodeSettings": ("qacompress.data.postprocess", "DecodeSettings"),
     "QAPredictor": ("qacompress.inference.predict", "QAPredictor"),
 }
 

@@ -1,1 +1,3 @@
-"""Layer 4 (imports the layers below): the compression methods on torch models (quantization, word table, movement, distillation, Fisher selection, re-fit, latency tables), their configs and checkpoints, and writing a finished model folder."""
+"""Layer 4 (imports the layers below): the compression methods on torch models (quantization, word
+table, movement, distillation, Fisher selection, re-fit, latency tables), their settings and
+checkpoints, and writing a finished model folder."""

@@ -17,9 +17,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from qacompress.core.errors import ModelError
-from qacompress.core.ondisk import BIAS_SCORE, NNCF_HOOKS, QUANTIZER_LAYOUT, STATE_FILE, WEIGHT_SCORE, WORD_TABLE_HELD
+from qacompress.compression.quantization import is_quantized, quantizer_layout, restore_quantization
 from qacompress.compression.wordtable import freeze_word_table, holds_word_table
+from qacompress.core.errors import ModelError
+from qacompress.core.ondisk import (
+    BIAS_SCORE,
+    MOVEMENT_SCHEDULE,
+    NNCF_HOOKS,
+    QUANTIZER_LAYOUT,
+    STATE_FILE,
+    WEIGHT_SCORE,
+    WORD_TABLE_HELD,
+)
+from qacompress.model.loading import load_plain_qa_model
 
 FORMAT_VERSION = 1
 
@@ -52,8 +62,6 @@ def save_compressed(
 
     `state_dict` replaces the model's own, for weights gathered elsewhere: under FSDP or DeepSpeed ZeRO-3
     each process holds shards, and only the accelerator's gathered state dict has the whole tensors."""
-    from qacompress.compression.quantization import is_quantized, quantizer_layout
-
     directory = Path(directory)
     plain, compression = split_state_dict(model, state_dict)
     # Trainer reloads model.safetensors non-strictly on resume; naming the compression keys here keeps
@@ -87,13 +95,12 @@ def apply_compression_state(model: nn.Module, state: dict[str, Any] | None) -> n
     """Re-attach the quantizers described by `state` and load every compression tensor.
 
     Modules other than quantizers (movement scores) must already be attached. A held word table
-    (`wordtable`) is frozen again, so that a resumed run's optimizer sees the parameters it saved.
+    (`qacompress.compression.wordtable`) is frozen again, so that a resumed run's optimizer sees the
+    parameters it saved.
     """
     if not state:
         return model
     if QUANTIZER_LAYOUT in state:
-        from qacompress.compression.quantization import restore_quantization
-
         model = restore_quantization(model, state[QUANTIZER_LAYOUT])
     load_compression_tensors(model, state)
     if state.get(WORD_TABLE_HELD):
@@ -110,3 +117,28 @@ def load_compression_tensors(model: nn.Module, state: dict[str, Any]) -> None:
         raise ModelError(
             f"compression state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+
+
+def load_qa_model(
+    name_or_path: str,
+    *,
+    config: Any = None,
+    cache_dir: str | None = None,
+    revision: str = "main",
+    restore_compression: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """A torch model for extractive QA, with its compression (quantizers, pruned shapes) restored.
+
+    A plain encoder (like all-MiniLM-L6-v2) gets a freshly initialised QA head.
+    """
+    model = load_plain_qa_model(name_or_path, config=config, cache_dir=cache_dir, revision=revision, **kwargs)
+    if restore_compression and Path(name_or_path).is_dir():
+        state = load_compression_state(name_or_path)
+        if state and MOVEMENT_SCHEDULE in state:
+            raise ModelError(
+                f"{name_or_path} is a checkpoint from a JPQD pruning warm-up (masks still in training): "
+                "re-run the training command to resume it, or use the run's output_dir once it has finished"
+            )
+        model = apply_compression_state(model, state)
+    return model

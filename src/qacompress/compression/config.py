@@ -14,9 +14,10 @@ import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from qacompress.core.errors import ConfigError
+from qacompress.core.errors import ConfigError, QACompressError
 from qacompress.model.scopes import compile_check
 
 #: What QAT uses when no config is given: the seed trainer's default, restated for NNCF 3. Mixed
@@ -59,9 +60,9 @@ class QuantizationConfig:
     overflow_fix: str = "enable"
     ignored_scopes: list[str] = field(default_factory=list)
     target_device: str = "ANY"
-    #: qacompress's own key `ir_embeddings` ("int8" | "float"): the INT8 IR stores the word-embedding
+    #: qacompress's own key `int8_embeddings` (true | false): the INT8 IR stores the word-embedding
     #: table as INT8 weights (weights-only; the lookups stay float), and QAT holds the table on that
-    #: grid from its first step (`qacompress.compression.wordtable`). "float" trains and ships it in float. A table
+    #: grid from its first step (`qacompress.compression.wordtable`). false trains and ships it in float. A table
     #: the config has NNCF quantize (one not ignored) trains through its quantizer either way.
     int8_embeddings: bool = True
 
@@ -92,18 +93,71 @@ class MovementSparsityConfig:
     ignored_scopes: list[str] = field(default_factory=list)
 
 
+def _flag(text: str) -> dict[str, str]:
+    """Field metadata of a setting that is also a command-line flag (`qacompress.core.settings`)."""
+    return {"help": text}
+
+
 @dataclass
-class StructuredPruningConfig:
-    """qacompress's own section (not NNCF's): training-free Fisher selection of heads and neurons at
-    the start of training (Kwon et al. 2022; `qacompress.compression.pruning`), then fine-tuning of the pruned model."""
+class PruneConfig:
+    """How Fisher pruning chooses and cuts heads and neurons (`qacompress.compression.pruning`). One object
+    for the Python API, `qacompress prune`'s flags (every field with a help text is one) and a config
+    file's `structured_pruning` section. Exactly one of `target_macs` / `target_latency`, each in (0, 1]."""
+
+    target_macs: float | None = field(default=None, metadata=_flag("Fraction of the encoder's MACs to keep, in (0, 1]"))
+    target_latency: float | None = field(
+        default=None, metadata=_flag("Fraction of the OpenVINO latency (batch 1, max_seq_length) to keep, in (0, 1]")
+    )
+    label_samples: int = field(default=1, metadata=_flag("Labels drawn per feature for the Fisher estimate"))
+    refit: bool = field(default=True, metadata=_flag("Least-squares re-fit of each pruned layer"))
+    refit_samples: int = field(
+        default=128, metadata=_flag("Calibration features of the re-fit (a few hundred tokens per unknown suffice)")
+    )
+    latency_points: int = field(default=5, metadata=_flag("Head and neuron counts timed for --target_latency"))
+    latency_seconds: float = field(default=1.0, metadata=_flag("Seconds of timing per latency table point"))
+    latency_rounds: int = field(default=5, metadata=_flag("Interleaved rounds the latency timing is split into"))
+    batch_size: int = field(default=8, metadata=_flag("Features per forward pass"))
+    seed: int = field(default=42, metadata=_flag("Seed of the label draws"))
+    # Set by the job, not flags of their own: the data's --max_seq_length, the output's precision.
+    seq_length: int = 384
+    quantized_latency: bool = True  # time INT8 IRs for the latency table (as the output will be)
+    ridge: float = 1e-4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problem = prune_problem(self)
+        if problem:
+            raise QACompressError(f"{problem[0]}: {problem[1]}")
+
+    @property
+    def constraint(self) -> tuple[str, float]:
+        return ("macs", self.target_macs) if self.target_macs is not None else ("latency", self.target_latency)
+
+
+@dataclass
+class StructuredPruningConfig(PruneConfig):
+    """qacompress's own config section (not NNCF's): Fisher selection of heads and neurons at the start of
+    training (Kwon et al. 2022), on `num_samples` training features, then fine-tuning of the pruned model."""
 
     criterion: str = "fisher"
-    target_macs: float | None = None
-    target_latency: float | None = None
     num_samples: int = 256
-    label_samples: int = 1
-    refit: bool = True
-    refit_samples: int = 128
+
+
+def prune_problem(settings: Any) -> tuple[str, str] | None:
+    """The first (setting, what is wrong) of a `PruneConfig`'s values, or None: the one range check of
+    the flags, the config section and the Python API."""
+    given = [n for n in ("target_macs", "target_latency") if getattr(settings, n) is not None]
+    if len(given) != 1:
+        return "target_macs", "give exactly one of target_macs and target_latency (each a fraction in (0, 1])"
+    value = getattr(settings, given[0])
+    if not 0 < value <= 1:
+        return given[0], f"must be in (0, 1] (the fraction kept), got {value}"
+    for name in ("label_samples", "refit_samples", "batch_size", "latency_rounds", "num_samples"):
+        if getattr(settings, name, 1) < 1:
+            return name, f"must be >= 1, got {getattr(settings, name)}"
+    if settings.latency_points < 2:
+        return "latency_points", f"must be >= 2, got {settings.latency_points}"
+    return None
 
 
 @dataclass
@@ -282,10 +336,16 @@ def _parse_quantization(reader: _Reader) -> QuantizationConfig:
     config.weights = _parse_quantizer_params(reader.sub("weights"))
     config.activations = _parse_quantizer_params(reader.sub("activations"))
     config.ignored_scopes = _scopes(reader, "ignored_scopes")
-    embeddings = reader.get("ir_embeddings", str, "int8")
-    if embeddings not in ("int8", "float"):
-        raise reader.fail("ir_embeddings", f"expected 'int8' or 'float', got {embeddings!r}")
-    config.int8_embeddings = embeddings == "int8"
+    config.int8_embeddings = reader.get("int8_embeddings", bool, True)
+    legacy = reader.get("ir_embeddings", str)  # its earlier spelling ("int8" | "float"), still read
+    if legacy is not None:
+        if legacy not in ("int8", "float"):
+            raise reader.fail("ir_embeddings", f"expected 'int8' or 'float', got {legacy!r}")
+        config.int8_embeddings = legacy == "int8"
+        reader.warnings.append(
+            f"{reader.source}: key '{reader.key('ir_embeddings')}' is now spelled "
+            f"'int8_embeddings': {str(config.int8_embeddings).lower()}"
+        )
 
     initializer = reader.sub("initializer")
     if initializer is not None:
@@ -391,22 +451,25 @@ def _parse_movement(reader: _Reader) -> MovementSparsityConfig:
     return config
 
 
+#: Keys of a `structured_pruning` section: the `PruneConfig` settings that are not the training run's own
+#: (batch size and seed come from its flags, sequence length from its data).
+STRUCTURED_KEYS = ("target_macs", "target_latency", "label_samples", "refit", "refit_samples", "latency_points",
+                   "latency_seconds", "latency_rounds", "num_samples")  # fmt: skip
+
+
 def _parse_structured(reader: _Reader) -> StructuredPruningConfig:
     criterion = reader.get("criterion", str, "fisher")
     if criterion != "fisher":
         raise reader.fail("criterion", f"only 'fisher' is supported, got {criterion!r}")
-    config = StructuredPruningConfig(criterion=criterion)
-    for name in ("target_macs", "target_latency"):
-        value = reader.number(name)
-        if value is not None and not 0 < value <= 1:
-            raise reader.fail(name, f"must be in (0, 1] (the fraction kept), got {value}")
-        setattr(config, name, value)
-    if (config.target_macs is None) == (config.target_latency is None):
-        raise reader.fail("target_macs", "give exactly one of target_macs and target_latency")
-    for name in ("num_samples", "label_samples", "refit_samples"):
-        value = reader.get(name, int, getattr(config, name))
-        if value < 1:
-            raise reader.fail(name, f"must be >= 1, got {value}")
-        setattr(config, name, value)
-    config.refit = reader.get("refit", bool, True)
-    return config
+    defaults = StructuredPruningConfig.__dataclass_fields__
+    values: dict[str, Any] = {}
+    for name in STRUCTURED_KEYS:
+        default = defaults[name].default
+        if default is None or isinstance(default, float):
+            values[name] = reader.number(name, default)
+        else:
+            values[name] = reader.get(name, type(default), default)
+    problem = prune_problem(SimpleNamespace(**{**{n: f.default for n, f in defaults.items()}, **values}))
+    if problem:
+        raise reader.fail(*problem)
+    return StructuredPruningConfig(criterion=criterion, **values)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from qacompress.model.architecture import EncoderLayout, require_layout
+from qacompress.model.architecture import EncoderLayout, input_names, require_layout
 from qacompress.model.surgery import current_sizes
 
 
@@ -109,10 +109,27 @@ def position_log_probs(logits: torch.Tensor, attention_mask: torch.Tensor | None
 def forward_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch's model inputs, on the model's device (DistilBERT takes no token_type_ids)."""
     device = next(model.parameters()).device
-    names = ("input_ids", "attention_mask") if model.config.model_type == "distilbert" else (
-        "input_ids", "attention_mask", "token_type_ids"
-    )
+    names = input_names(model.config)
     return {k: v.to(device) for k, v in batch.items() if k in names}
+
+
+def prediction_entropy(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Mean entropy of the model's start and end distributions over its features, as a fraction of the
+    uniform distribution's over the same tokens (1.0: uniform). Fisher importance draws its labels from
+    these distributions, so it assumes a model fine-tuned for QA (peaked); a fresh QA head is near 1."""
+    model.eval()
+    fractions = []
+    with torch.no_grad():
+        for batch in batches:
+            inputs = forward_inputs(model, batch)
+            out = model(**inputs)
+            mask = inputs.get("attention_mask")
+            tokens = mask.sum(-1).float() if mask is not None else torch.full(out.start_logits.shape[:1], out.start_logits.shape[-1])
+            for logits in (out.start_logits, out.end_logits):
+                log_p = position_log_probs(logits, mask)
+                entropy = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
+                fractions.append((entropy / tokens.clamp(min=2).log()).cpu())
+    return float(torch.cat(fractions).mean())
 
 
 def fisher_importance(

@@ -27,10 +27,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qacompress.model.architecture import require_layout
-from qacompress.measure.benchmark import BenchmarkSettings, synthetic_inputs, time_calls
-from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
+from qacompress.compression.export import to_openvino
 from qacompress.compression.selection import UnitCosts
+from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
+from qacompress.core.timing import Timing, synthetic_inputs, time_calls
+from qacompress.ir.compile import compile_ir
+from qacompress.ir.ptq import quantize_ir
+from qacompress.model.architecture import input_names, require_layout
 from qacompress.model.surgery import LayerKeep, current_sizes, prune_
 
 
@@ -51,23 +54,14 @@ class LatencyTable:
         return out
 
 
-def _compiled_call(model: nn.Module, length: int, quantize: bool, precision: str) -> Callable[[], object]:
+def compiled_call(model: nn.Module, length: int, quantize: bool, precision: str) -> Callable[[], object]:
     """One batch-1 inference of `model` as an OpenVINO IR (INT8 by PTQ when `quantize`), ready to time."""
-    import openvino as ov
-
-    from qacompress.compression.export import quantize_ir, to_openvino
-
-    names = ("input_ids", "attention_mask") if model.config.model_type == "distilbert" else (
-        "input_ids", "attention_mask", "token_type_ids"
-    )
-    inputs = synthetic_inputs(1, length, model.config.vocab_size, names, seed=0)
+    inputs = synthetic_inputs(1, length, model.config.vocab_size, input_names(model.config), seed=0)
     ov_model = to_openvino(model, {k: torch.from_numpy(v) for k, v in inputs.items()})
     if quantize:
         # Speed does not depend on the ranges, so one synthetic sample calibrates enough.
         ov_model = quantize_ir(ov_model, [inputs], overflow_fix="enable")
-    compiled = ov.Core().compile_model(
-        ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
-    )
+    compiled = compile_ir(ov_model, precision=precision)
     request = compiled.create_infer_request()
     return lambda: request.infer(inputs)
 
@@ -102,25 +96,25 @@ def compile_layer_grid(
     setattr(config, PRUNING_CONFIG_ATTR, None)
     from transformers import AutoModelForQuestionAnswering
 
-    precision = BenchmarkSettings().precision
+    precision = "f32"  # the precision evaluation and the exported IRs run in by default
     calls = []
     for h, n in tqdm(grid, desc="Layer latency table: export", disable=not progress, unit="point"):
         torch.manual_seed(0)
         one = AutoModelForQuestionAnswering.from_config(config).eval()
         prune_(one, [LayerKeep(heads=list(range(h)), neurons=list(range(n)))])
-        calls.append(_compiled_call(one, seq_length, quantize, precision))
-    calls.append(_compiled_call(model.eval(), seq_length, quantize, precision))
+        calls.append(compiled_call(one, seq_length, quantize, precision))
+    calls.append(compiled_call(model.eval(), seq_length, quantize, precision))
     return LayerGrid(seq_length=seq_length, quantized=quantize, grid=grid, calls=calls, sizes=sizes)
 
 
 def time_layer_grid(grid: LayerGrid, *, rounds: int = 5, min_seconds: float = 1.0, progress: bool = True) -> LatencyTable:
     """Time every IR of `grid` in `rounds` interleaved rounds of `min_seconds / rounds` each; a point's
     latency is the median of its round medians. The table carries the fitted unit costs."""
-    settings = BenchmarkSettings(warmup=2, min_iterations=5, min_seconds=min_seconds / rounds)
+    timing = Timing(warmup=2, min_iterations=5, min_seconds=min_seconds / rounds)
     medians: list[list[float]] = [[] for _ in grid.calls]
     for _ in tqdm(range(rounds), desc="Layer latency table: timing", disable=not progress, unit="round"):
         for call, times in zip(grid.calls, medians):
-            times.append(time_calls(call, settings)["median"])
+            times.append(time_calls(call, timing)["median"])
     table = LatencyTable(seq_length=grid.seq_length, quantized=grid.quantized, rounds=rounds)
     table.points = [
         {"heads": h, "neurons": n, "ms": float(np.median(times)), "round_ms": times}

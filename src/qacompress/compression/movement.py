@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qacompress.model.architecture import EncoderLayout, find_layout, require_layout
 from qacompress.compression.config import MovementSparsityConfig, SparseStructure
 from qacompress.core.errors import ConfigError
 from qacompress.core.ondisk import MOVEMENT_ATTR
+from qacompress.model.architecture import EncoderLayout, find_layout, require_layout
 from qacompress.model.scopes import matches, matches_any, module_scopes
 from qacompress.model.surgery import LayerKeep, prune_
 
@@ -248,7 +248,7 @@ class MovementPruner(nn.Module):
         """End movement pruning on `model`: masks at the final threshold become whole heads and neurons
         (`resolve_structure`), the scores leave the model, and with `structured` the removed units are
         cut out (`qacompress.model.surgery.prune_`). Returns what each layer kept and the parameter masks
-        to keep at zero if training goes on (`jpqd.freeze_zeros`): the fine-grained masks without
+        to keep at zero if training goes on (`qacompress.training.pruned.freeze_zeros`): the fine-grained masks without
         `structured`, else those of linears outside heads/FFN and of emptied layers' stand-in units."""
         self.threshold, self.regularization_factor = self.config.final_importance_threshold, 0.0
         keep, frozen = self.resolve_structure(model, require_layout(model))

@@ -17,7 +17,6 @@ import functools
 import importlib
 import json
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,23 +24,12 @@ import torch
 from torch import nn
 
 from qacompress.compression.config import QuantizationConfig
-from qacompress.core.errors import ConfigError
-from qacompress.model.scopes import matches, matches_any, op_scopes
 from qacompress.compression.wordtable import hold_word_table
+from qacompress.core.errors import ConfigError
+from qacompress.core.extensions import ensure_quantizer_extension, import_nncf
+from qacompress.model.scopes import matches, matches_any, op_scopes
 
 logger = logging.getLogger(__name__)
-
-def _nncf():
-    """Import NNCF quietly: torchao, which it imports, logs missing CUDA kernels on CPU machines."""
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import nncf
-        import nncf.torch  # noqa: F401
-    logging.getLogger("nncf").setLevel(logging.WARNING)
-    return nncf
-
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim() -> Any:
@@ -79,8 +67,6 @@ class _StreamedSamples:
 
 def _prepare_kernels(model: nn.Module) -> None:
     """Build NNCF's quantizer kernels for the model's device before its first quantizer runs."""
-    from qacompress.core.extensions import ensure_quantizer_extension
-
     param = next(model.parameters(), None)
     ensure_quantizer_extension("cuda" if param is not None and param.device.type == "cuda" else "cpu")
 
@@ -178,7 +164,7 @@ def quantize_model(
     layer's inputs for every sample (17 MB per sample on MiniLM-L6 at length 256, about 8x that on
     BERT-base: 300 samples no longer fit in 24 GiB).
     """
-    nncf = _nncf()
+    nncf = import_nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
@@ -263,7 +249,7 @@ def quantizer_layout(model: nn.Module) -> str:
 
 def restore_quantization(model: nn.Module, layout: str) -> nn.Module:
     """Attach the quantizers described by `layout` to a fresh `model`; load values with `load_state_dict`."""
-    _nncf()
+    import_nncf()
     _prepare_kernels(model)
     from nncf.torch import load_from_config
 
@@ -280,5 +266,5 @@ def restore_quantization(model: nn.Module, layout: str) -> nn.Module:
 
 def strip(model: nn.Module, example_input: Mapping[str, torch.Tensor]) -> nn.Module:
     """A copy of `model` whose quantizers are plain fake-quantize ops, ready for OpenVINO conversion."""
-    nncf = _nncf()
+    nncf = import_nncf()
     return nncf.strip(model, do_copy=True, example_input=dict(example_input))

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qacompress.model.architecture import EncoderLayer, EncoderLayout, require_layout
 from qacompress.compression.fisher import forward_inputs
+from qacompress.model.architecture import EncoderLayer, EncoderLayout, require_layout
 
 #: (residual input module, output projection) of each sublayer, as EncoderLayer roles.
 SUBLAYERS = {"attention": ("query", "attention_output"), "ffn": ("ffn_in", "ffn_out")}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from qacompress.core.errors import BudgetError
 from qacompress.compression.fisher import Importance
+from qacompress.core.errors import BudgetError
 from qacompress.model.surgery import LayerKeep
 
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qacompress.ir.weights import compress_weights, constant_value
+
 
 def int8_grid(table: torch.Tensor) -> torch.Tensor:
     """`table` as the INT8 IR stores it: the export's own compression applied to a one-lookup
     OpenVINO model and read back, so that torch and the IR hold the same values."""
     import openvino as ov
     from openvino import opset13 as ops
-
-    from qacompress.compression.export import compress_weights, constant_value
 
     ids = ops.parameter([-1], ov.Type.i64, name="input_ids")
     lookup = ops.gather(ops.constant(table.detach().float().cpu().numpy()), ids, 0)

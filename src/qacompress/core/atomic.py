@@ -5,16 +5,17 @@ files that must change together (an OpenVINO IR's .xml and .bin, a model's weigh
 written into a staging folder first; a commit marker then records that the staging is complete, and
 only after that are the files renamed into place. A crash before the marker leaves the previous
 files untouched (the stale staging is discarded); a crash after it is finished by `recover` at the next
-use of the directory.
+use of the directory. `file_lock` keeps two processes from writing the same place at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,11 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n").encode("utf-8"))
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON object in `path` (written by `write_json`, so never half of one)."""
+    return json.loads(Path(path).read_text())
+
+
 def recover(directory: str | Path) -> None:
     """Finish a committed group write, or discard an uncommitted one, left by a crash."""
     directory = Path(directory)
@@ -103,3 +109,22 @@ def staged_files(directory: str | Path, *, replaces: tuple[str, ...] = ()) -> It
             os.fsync(f.fileno())
     write_json(directory / COMMIT, {"files": names, "remove": [r for r in replaces if r not in names]})
     recover(directory)
+
+
+@contextmanager
+def file_lock(path: str | Path, *, on_busy: Callable[[], None]) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing). The kernel releases it when the process
+    dies, so a crash leaves nothing to clean up. When another process holds it, `on_busy()` runs
+    first: it raises to refuse, or returns to wait for the other process."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_busy()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

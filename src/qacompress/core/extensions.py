@@ -1,4 +1,5 @@
-"""NNCF's C++ fake-quantize kernels, built once per environment and never left half-built.
+"""NNCF as a dependency: its C++ fake-quantize kernels, built once per environment and never left
+half-built, and its import without the noise of the libraries it pulls in.
 
 NNCF compiles its quantizer extension with torch's JIT builder the first time a quantizer runs, and
 gives up after 60 s (`ExtensionLoaderTimeoutException`): on a busy 2-core machine the first QAT run
@@ -16,16 +17,16 @@ pure-torch functions, as NNCF does, if compiling fails.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from qacompress.core.atomic import file_lock
 from qacompress.core.errors import QACompressError
 
 logger = logging.getLogger(__name__)
@@ -54,22 +55,6 @@ def _use_environment_root() -> bool:
     os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
     os.environ[_OWNED_ENV] = "1"
     return True
-
-
-@contextlib.contextmanager
-def _build_lock(build_dir: Path):
-    """Hold an exclusive flock on `build_dir/BUILD_LOCK`; say so when another process is building."""
-    build_dir.mkdir(parents=True, exist_ok=True)
-    with open(build_dir / BUILD_LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another process to finish building NNCF's quantizer extension in %s", build_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _clear_dead_lock(build_dir: Path, owned: bool) -> None:
@@ -104,7 +89,10 @@ def ensure_quantizer_extension(device_type: str = "cpu") -> bool:
         nncf_extensions.QuantizedFunctionsCPULoader
     )
     build_dir = Path(loader.get_build_dir())
-    with _build_lock(build_dir):
+    def busy() -> None:
+        logger.info("waiting for another process to finish building NNCF's quantizer extension in %s", build_dir)
+
+    with file_lock(build_dir / BUILD_LOCK, on_busy=busy):
         _clear_dead_lock(build_dir, owned)
         built = (build_dir / f"{loader.name()}.so").is_file()
         if not built:
@@ -121,3 +109,15 @@ def ensure_quantizer_extension(device_type: str = "cpu") -> bool:
     # NNCF's lazy loader will load the finished build again; with the .so in place it takes a moment.
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
     return module is not ReferenceQuantizedFunctions
+
+
+def import_nncf():
+    """Import NNCF quietly: torchao, which it imports, logs missing CUDA kernels on CPU machines."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import nncf
+        import nncf.torch  # noqa: F401
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    return nncf

@@ -29,9 +29,13 @@ logger = logging.getLogger(__name__)
 
 #: Model inputs a QA model takes; a feature dataset holds those the tokenizer produces.
 MODEL_INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
-
 #: Offsets of tokens outside the context (question, special tokens, padding) in evaluation features.
 NOT_IN_CONTEXT = (-1, -1)
+
+
+def input_columns(features: Any) -> list[str]:
+    """The model-input columns that `features` has (no `token_type_ids` for tokenizers without them)."""
+    return [c for c in MODEL_INPUT_NAMES if c in features.column_names]
 
 
 def check_tokenizer(tokenizer: Any) -> None:

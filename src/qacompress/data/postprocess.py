@@ -8,11 +8,34 @@ evaluation of thousands of features is not dominated by Python loops over token 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from qacompress.core.errors import QACompressError
+from qacompress.core.settings import settings_from
+
+
+@dataclass
+class DecodeSettings:
+    """How logits become answers: run_qa's flags of the same names (`DataTrainingArguments` derives them)."""
+
+    version_2_with_negative: bool = field(default=False, metadata={"help": "Data has unanswerable questions"})
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": "Answer '' when null score - best span score exceeds this (v2)"}
+    )
+    n_best_size: int = field(default=20, metadata={"help": "Candidate spans kept per question"})
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens"})
+
+    def __post_init__(self) -> None:
+        if self.n_best_size < 1 or self.max_answer_length < 1:
+            raise QACompressError("--n_best_size and --max_answer_length must be >= 1")
+
+    @classmethod
+    def from_args(cls, data_args: Any) -> DecodeSettings:
+        """The settings a command's `DataTrainingArguments` ask for."""
+        return settings_from(data_args, cls)
 
 @dataclass
 class QAPredictions:

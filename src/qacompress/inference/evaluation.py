@@ -8,7 +8,6 @@ One code path (`evaluate_runner`: `run_features`, batched with length-sorted dyn
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +15,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qacompress.core import atomic
-from qacompress.data.squad import gold_answers
+from qacompress.core.errors import ModelError
+from qacompress.data.features import prepare_eval_features
 from qacompress.data.metrics import squad_metrics
-from qacompress.data.postprocess import QAPredictions, postprocess_qa_predictions
-from qacompress.inference.runners import QARunner
-
-
-@dataclass
-class DecodeSettings:
-    """How logits become answers (the run_qa flags of the same names)."""
-
-    version_2_with_negative: bool = False
-    n_best_size: int = 20
-    max_answer_length: int = 30
-    null_score_diff_threshold: float = 0.0
-
-    @classmethod
-    def from_args(cls, data_args: Any) -> DecodeSettings:
-        """The settings a command's `DataTrainingArguments` ask for."""
-        return cls(
-            version_2_with_negative=data_args.version_2_with_negative,
-            n_best_size=data_args.n_best_size,
-            max_answer_length=data_args.max_answer_length,
-            null_score_diff_threshold=data_args.null_score_diff_threshold,
-        )
+from qacompress.data.postprocess import DecodeSettings, QAPredictions, postprocess_qa_predictions
+from qacompress.data.squad import gold_answers, load_examples
+from qacompress.inference.runners import QARunner, TorchQAModel, load_runner
+from qacompress.ir.runtime import OpenVINOQAModel
+from qacompress.model.loading import is_openvino_dir, load_tokenizer
 
 
 def run_features(
@@ -150,9 +133,6 @@ def score_model_dir(
     """Predictions and SQuAD metrics of the torch `model` and, when `output_dir` holds one, of its
     OpenVINO IR on the same features; writes `{prefix}_predictions.json`, `{prefix}_nbest_predictions.json`,
     `{prefix}_results.json` (and the `{prefix}_openvino_*` twins)."""
-    from qacompress.model.loading import is_openvino_dir
-    from qacompress.inference.runners import OpenVINOQAModel, TorchQAModel
-
     runners = [(prefix, TorchQAModel(model))]
     if with_ir and is_openvino_dir(output_dir):
         runners.append((f"{prefix}_openvino", OpenVINOQAModel(output_dir, precision=precision)))
@@ -183,9 +163,6 @@ def eval_data(
     examples as `qacompress.data.squad.load_examples` returns them. Features are padded to `max_seq_length`
     as run_qa's evaluation does, or left at their real length for batches to pad (`pad_to_max_length=False`)."""
     import datasets
-
-    from qacompress.data.squad import load_examples
-    from qacompress.data.features import prepare_eval_features
 
     if isinstance(data, datasets.Dataset):
         examples = data.select(range(min(max_samples, len(data)))) if max_samples else data
@@ -220,10 +197,6 @@ def evaluate(
     Hub name, or examples as `qacompress.data.squad.load_examples` returns them. With `output_dir`, the
     predictions and `eval_results.json` are written there, as `qacompress evaluate` does.
     """
-    from qacompress.core.errors import ModelError
-    from qacompress.model.loading import load_tokenizer
-    from qacompress.inference.runners import TorchQAModel, load_runner
-
     settings = settings or DecodeSettings()
     if isinstance(model, (str, Path)):
         tokenizer = tokenizer or load_tokenizer(str(model))

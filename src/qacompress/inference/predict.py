@@ -15,12 +15,13 @@ from typing import Any
 
 import datasets
 
-from qacompress.data.squad import SQUAD_FEATURES
 from qacompress.core.errors import DataError
-from qacompress.inference.evaluation import DecodeSettings, decode, run_features
 from qacompress.data.features import prepare_eval_features
-from qacompress.model.loading import load_tokenizer
+from qacompress.data.postprocess import DecodeSettings
+from qacompress.data.squad import SQUAD_FEATURES
+from qacompress.inference.evaluation import decode, run_features
 from qacompress.inference.runners import load_runner
+from qacompress.model.loading import load_tokenizer
 
 
 @dataclass

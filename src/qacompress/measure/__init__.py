@@ -1,1 +1,2 @@
-"""Layer 6: speed, memory and size side by side, the deployment variants of one model, and what pruning did to it."""
+"""Layer 6: speed, memory and size side by side, the deployment variants of one model, and what
+pruning did to it."""

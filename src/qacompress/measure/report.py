@@ -15,8 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from qacompress.core import atomic
 from qacompress.compression.config import CompressionConfig
+from qacompress.compression.export import export_openvino
+from qacompress.compression.quantization import quantize_model
+from qacompress.core import atomic
+from qacompress.ir.convert import example_inputs
 from qacompress.model.surgery import current_sizes, linear_weight_count
 
 REPORT_JSON = "compression_report.json"
@@ -25,8 +28,6 @@ REPORT_PNG = "compression_report.png"
 
 def ir_size(model: nn.Module, tokenizer) -> tuple[int, int]:
     """Bytes of the OpenVINO IR of `model`: (.xml + .bin, .bin alone, i.e. the weights)."""
-    from qacompress.compression.export import export_openvino
-
     with tempfile.TemporaryDirectory() as tmp:
         path = export_openvino(model, tokenizer, tmp)
         weights = path.with_suffix(".bin").stat().st_size
@@ -70,9 +71,6 @@ def compression_report(
     }
     if export_ir:
         if compression.quantization is not None:
-            from qacompress.compression.export import example_inputs
-            from qacompress.compression.quantization import quantize_model
-
             # Ranges do not change the size, so one calibration sample is enough for the reference.
             config = dataclasses.replace(compression.quantization, num_init_samples=1)
             base = quantize_model(base, config, [example_inputs(tokenizer)], source=compression.source)

@@ -15,25 +15,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.compression.export import VARIANTS, model_variants, saved_int8_embeddings, to_openvino
 from qacompress.core import atomic
-from qacompress.measure.benchmark import BenchmarkSettings, measure_model, synthetic_inputs
 from qacompress.core.cpu import cpu_info, describe
 from qacompress.core.errors import ModelError
-from qacompress.compression.export import (
-    VARIANTS,
-    example_inputs,
-    model_variants,
-    save_ir_dir,
-    saved_int8_embeddings,
-    to_openvino,
-)
+from qacompress.core.ondisk import IR_FILE
+from qacompress.core.timing import Timing, synthetic_inputs, time_calls
+from qacompress.ir.compile import compile_ir
+from qacompress.ir.convert import example_inputs
+from qacompress.ir.ptq import save_ir_dir
+from qacompress.measure.benchmark import BenchmarkSettings, measure_model
+from qacompress.model.loading import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +57,6 @@ def candidates(model: nn.Module) -> list[str]:
 
 def build_variants(model_dir: str | Path, output_dir: str | Path) -> dict[str, tuple[Path, str]]:
     """Write each variant's IR directory under `output_dir/variants/`; name -> (IR dir, precision)."""
-    from qacompress.model.loading import load_qa_model, load_tokenizer
-
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     model = load_qa_model(str(model_dir))
     example = example_inputs(load_tokenizer(str(model_dir)))
@@ -168,19 +164,10 @@ def format_variants(report: dict) -> str:
 # ---- cheap checks, for export --variant auto and the end of training ----------------------------------
 def quick_latency_ms(ov_model, inputs: dict[str, np.ndarray], calls: int = 7, precision: str = "f32") -> float:
     """Median batch-1 latency of an in-memory OpenVINO model over a few calls (after one warm-up)."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision})
+    compiled = compile_ir(ov_model, precision=precision)
     request = compiled.create_infer_request()
-    names = [i.get_any_name() for i in compiled.inputs]
-    feed = {k: inputs[k] for k in names}
-    request.infer(feed)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        request.infer(feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    feed = {k: inputs[k] for k in (i.get_any_name() for i in compiled.inputs)}
+    return time_calls(lambda: request.infer(feed), Timing(warmup=1, min_iterations=calls, min_seconds=0))["median"]
 
 
 def quick_compare(model: nn.Module, tokenizer, seq_length: int, names: list[str] | None = None) -> dict[str, float]:
@@ -218,8 +205,6 @@ def warn_if_int8_is_slower(model: nn.Module, tokenizer, ir_dir: str | Path, seq_
     next to training, and enough to see a 30% gap.
     """
     import openvino as ov
-
-    from qacompress.model.loading import IR_FILE
 
     if "int8" not in model_variants(model):
         return None

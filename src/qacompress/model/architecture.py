@@ -143,3 +143,10 @@ def require_layout(model: nn.Module) -> EncoderLayout:
             f"(supported families: {', '.join(FAMILIES)}); this architecture is not one of them"
         )
     return layout
+
+
+def input_names(config) -> tuple[str, ...]:
+    """The inputs the model's forward takes: `token_type_ids` only where the model has token types
+    (DistilBERT has none; a `type_vocab_size` of 0 means none)."""
+    has_types = getattr(config, "type_vocab_size", 0) > 0 and config.model_type != "distilbert"
+    return ("input_ids", "attention_mask", "token_type_ids") if has_types else ("input_ids", "attention_mask")

@@ -15,12 +15,11 @@ from torch import nn
 
 from qacompress.core.atomic import recover
 from qacompress.core.errors import ModelError
-from qacompress.core.ondisk import MOVEMENT_SCHEDULE, PRUNING_CONFIG_ATTR
+from qacompress.core.ondisk import IR_FILE, PRUNING_CONFIG_ATTR
+from qacompress.data.features import check_tokenizer
+from qacompress.model.surgery import shrink_from_config
 
 logger = logging.getLogger(__name__)
-
-IR_FILE = "openvino_model.xml"
-
 
 def default_model_path() -> str:
     """Directory of the packaged all-MiniLM-L6-v2 encoder."""
@@ -61,8 +60,6 @@ def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None, revision:
     """A fast tokenizer (offsets are needed to map answers back to text)."""
     from transformers import AutoTokenizer
 
-    from qacompress.data.features import check_tokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir, revision=revision, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
@@ -80,23 +77,15 @@ def load_config(name_or_path: str, *, cache_dir: str | None = None, revision: st
         raise _explain(name_or_path, "model config", exc) from None
 
 
-def load_qa_model(
-    name_or_path: str,
-    *,
-    config: Any = None,
-    cache_dir: str | None = None,
-    revision: str = "main",
-    restore_compression: bool = True,
-    **kwargs: Any,
+def load_plain_qa_model(
+    name_or_path: str, *, config: Any = None, cache_dir: str | None = None, revision: str = "main", **kwargs: Any
 ) -> nn.Module:
-    """A torch model for extractive QA, with its compression (quantizers, pruned shapes) restored.
+    """A torch model for extractive QA at its saved shapes (a pruned model is rebuilt smaller), without
+    its compression modules: `qacompress.compression.checkpoint.load_qa_model` restores those.
 
     A plain encoder (like all-MiniLM-L6-v2) gets a freshly initialised QA head.
     """
     from transformers import AutoModelForQuestionAnswering
-
-    from qacompress.compression.checkpoint import apply_compression_state, load_compression_state
-    from qacompress.model.surgery import shrink_from_config
 
     if Path(name_or_path).is_dir():
         recover(name_or_path)  # finish or discard an export that a crash interrupted
@@ -114,21 +103,12 @@ def load_qa_model(
             model = AutoModelForQuestionAnswering.from_config(config)
             shrink_from_config(model, pruned)
             _load_weights(model, name_or_path)
-        else:
-            model = AutoModelForQuestionAnswering.from_pretrained(
-                name_or_path, config=config, cache_dir=cache_dir, revision=revision, **kwargs
-            )
+            return model
+        return AutoModelForQuestionAnswering.from_pretrained(
+            name_or_path, config=config, cache_dir=cache_dir, revision=revision, **kwargs
+        )
     except (OSError, ValueError) as exc:
         raise _explain(name_or_path, "model", exc) from None
-    if restore_compression and Path(name_or_path).is_dir():
-        state = load_compression_state(name_or_path)
-        if state and MOVEMENT_SCHEDULE in state:
-            raise ModelError(
-                f"{name_or_path} is a checkpoint from a JPQD pruning warm-up (masks still in training): "
-                "re-run the training command to resume it, or use the run's output_dir once it has finished"
-            )
-        model = apply_compression_state(model, state)
-    return model
 
 
 def _load_weights(model: nn.Module, directory: str) -> None:

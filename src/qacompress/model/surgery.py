@@ -5,7 +5,7 @@ Q/K/V and the columns of the attention output projection that belong to removed 
 of the first FFN linear and the columns of the second that belong to removed neurons, are cut out:
 the model computes the same function with smaller matrices (heads per layer may then differ). The
 per-layer sizes are recorded in `config.json` under `qacompress_pruning`, so the saved model loads
-again (`qacompress.model.loading.load_qa_model`) and converts to an OpenVINO IR that is really smaller.
+again (`qacompress.compression.checkpoint.load_qa_model`) and converts to an OpenVINO IR that is really smaller.
 
 A layer whose heads (or neurons) are all removed keeps one unit whose output projection is zero:
 the same function as an empty block, without zero-sized tensors that exporters reject.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from qacompress.model.architecture import EncoderLayout, require_layout
 from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
+from qacompress.model.architecture import EncoderLayout, require_layout
 
 #: Attributes that hold a self-attention module's head count, per family.
 _HEAD_COUNT_ATTRS = ("num_attention_heads", "n_heads")

@@ -1,1 +1,2 @@
-"""Layer 7: fine-tuning with compression through transformers' Trainer (public hooks only), its phases and arguments."""
+"""Layer 7: fine-tuning with compression through transformers' Trainer (public hooks only): its
+arguments, phases and plans."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, TrainingArguments
 
 from qacompress.core.errors import QACompressError
+from qacompress.data.arguments import DataTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -34,41 +35,6 @@ class ModelArguments:
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Fine-tuned QA model to distil from (enables knowledge distillation)"}
     )
-
-
-@dataclass
-class DataTrainingArguments:
-    """Which data to train and evaluate on, and how to cut it into features."""
-
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset name (e.g. squad, squad_v2)"})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration"})
-    train_file: str | None = field(default=None, metadata={"help": "Training data: .json (SQuAD), .jsonl or .csv"})
-    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data: .json, .jsonl or .csv"})
-    test_file: str | None = field(default=None, metadata={"help": "Prediction data: .json, .jsonl or .csv"})
-    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached features"})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation"})
-    max_seq_length: int = field(default=384, metadata={"help": "Tokens per feature (question + context window)"})
-    pad_to_max_length: bool = field(
-        default=True, metadata={"help": "Pad every feature to max_seq_length (else pad per batch)"}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training examples"})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation examples"})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test examples"})
-    version_2_with_negative: bool = field(default=False, metadata={"help": "Data has unanswerable questions"})
-    null_score_diff_threshold: float = field(
-        default=0.0, metadata={"help": "Answer '' when null score - best span score exceeds this (v2)"}
-    )
-    doc_stride: int = field(default=128, metadata={"help": "Overlap in tokens between context windows"})
-    n_best_size: int = field(default=20, metadata={"help": "Candidate spans kept per question"})
-    max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens"})
-
-    def __post_init__(self) -> None:
-        if self.doc_stride < 0 or self.max_seq_length < 16:
-            raise QACompressError(
-                f"--max_seq_length must be >= 16 and --doc_stride >= 0 (got {self.max_seq_length}, {self.doc_stride})"
-            )
-        if self.n_best_size < 1 or self.max_answer_length < 1:
-            raise QACompressError("--n_best_size and --max_answer_length must be >= 1")
 
 
 @dataclass
@@ -137,7 +103,8 @@ def _has_accelerator() -> bool:
 LEGACY_FLAGS = {"--evaluation_strategy": "--eval_strategy", "--no_cuda": "--use_cpu", "--warmup_ratio": "--warmup_steps"}
 
 
-def _translate_legacy(argv: list[str]) -> list[str]:
+def translate_legacy(argv: list[str]) -> list[str]:
+    """`argv` with transformers 4 flag names replaced by their transformers 5 names (or refused with why)."""
     out = []
     for arg in argv:
         name, eq, value = arg.partition("=")
@@ -165,7 +132,7 @@ def parse_train_args(
                 raise QACompressError(f"{argv[0]}: arguments file not found")
             model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
         else:
-            model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=_translate_legacy(argv))
+            model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=translate_legacy(argv))
     except ValueError as exc:
         raise QACompressError(str(exc).splitlines()[0]) from None
     return model_args, data_args, training_args

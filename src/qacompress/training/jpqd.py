@@ -24,22 +24,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from qacompress.core import atomic
-from qacompress.compression.checkpoint import apply_compression_state, load_compression_state
+from qacompress.compression.checkpoint import apply_compression_state, load_compression_state, load_qa_model
 from qacompress.compression.config import CompressionConfig
-from qacompress.core.errors import ConfigError
 from qacompress.compression.export import save_model_dir
-from qacompress.model.loading import load_qa_model
 from qacompress.compression.movement import MovementPruner, attach_movement_pruning
-from qacompress.core.ondisk import FINETUNE_DIR, FROZEN_MASKS, KEPT, MOVEMENT_SCHEDULE, PRUNED_DIR, REPORT, WARMUP_RESULTS
-from qacompress.training.phases import Run, calibration_samples, fit, resolve_resume, steps_per_epoch, total_steps
-from qacompress.compression.pruning import PruneConfig, feature_batches, fisher_prune
-from qacompress.compression.quantization import quantize_model
-from qacompress.measure.report import compression_report
+from qacompress.core import atomic
+from qacompress.core.errors import ConfigError
+from qacompress.core.ondisk import (
+    FROZEN_MASKS,
+    KEPT,
+    MOVEMENT_SCHEDULE,
+    PRUNED_DIR,
+    WARMUP_RESULTS,
+)
 from qacompress.model.surgery import current_sizes
+from qacompress.training.phases import Run, fit, resolve_resume, steps_per_epoch, total_steps
+from qacompress.training.pruned import barrier, finetune_pruned, freeze_zeros
 from qacompress.training.trainer import MovementScheduleCallback
 
 logger = logging.getLogger(__name__)
@@ -77,33 +79,6 @@ def warmup_training_args(args: Any, warmup_end: int) -> Any:
     )  # fmt: skip
 
 
-def freeze_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Zero masked parameters (`{"<module>.weight": mask}`) and keep them zero while training.
-
-    Gradient hooks live on the parameter objects: call this on the model that trains, after
-    `quantize_model` (whose deep copy rebuilds the parameters without their hooks).
-    """
-    for name, mask in masks.items():
-        param = model.get_parameter(name)
-        with torch.no_grad():
-            param.mul_(mask.to(device=param.device, dtype=param.dtype))
-        param.register_hook(KeepZeros(mask))
-
-
-class KeepZeros:
-    """Gradient hook that zeroes the gradient where `mask` is 0. The mask follows the gradient's device
-    and dtype, because the model usually moves after the hook is registered (Trainer puts it on the
-    GPU; mixed precision or a cast changes its dtype)."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        self.mask = mask
-
-    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.mask.device != grad.device or self.mask.dtype != grad.dtype:
-            self.mask = self.mask.to(device=grad.device, dtype=grad.dtype)
-        return grad * self.mask
-
-
 def train_jpqd(run: Run) -> tuple[nn.Module, dict]:
     """Run both phases (resuming where a previous run stopped); returns the final model and metrics."""
     compression, args, data = run.compression, run.args, run.data
@@ -122,86 +97,22 @@ def train_jpqd(run: Run) -> tuple[nn.Module, dict]:
             apply_compression_state(model, state)
             pruner.load_schedule_state(state[MOVEMENT_SCHEDULE])
         warmup_args = warmup_training_args(args, warmup_end)
-        trainer, phase = fit(
+        model, phase = fit(
             model, run, warmup_args, resume=resume, schedule_steps=(0, total),
             callbacks=[MovementScheduleCallback(pruner)],
         )  # fmt: skip
-        trainer.save_state()
         metrics.update({f"warmup_{k}": v for k, v in phase.items()})
-        model = trainer.trained_model()
         if args.should_save:
             save_pruned(model, pruner, mconfig.enable_structured_masking, run.tokenizer, out / PRUNED_DIR)
             atomic.write_json(out / PRUNED_DIR / WARMUP_RESULTS, metrics)
     elif (out / PRUNED_DIR / WARMUP_RESULTS).is_file():
         metrics.update(json.loads((out / PRUNED_DIR / WARMUP_RESULTS).read_text()))
-    _barrier(args)
+    barrier(args)
 
     model, phase = finetune_pruned(run, warmup_end, total)
     metrics.update(phase)
     if "warmup_epoch" in metrics and "epoch" in phase:
         metrics["epoch"] = metrics["warmup_epoch"] + phase["epoch"]  # of the whole run, not of phase 2
-    return model, metrics
-
-
-def train_structured(run: Run) -> tuple[nn.Module, dict]:
-    """A `structured_pruning` run: Fisher selection, removal and re-fit before the first step
-    (`qacompress.compression.pruning.fisher_prune`, on `num_samples` training features), then `finetune_pruned`
-    for the whole step budget. The pruned float model is kept in `output_dir/pruned`, so a resumed
-    run does not select again."""
-    compression, args, data = run.compression, run.args, run.data
-    sconfig = compression.structured_pruning
-    total = total_steps(len(data.train_features), args)
-    out = Path(args.output_dir)
-    if not (out / PRUNED_DIR / "config.json").is_file() and args.should_save:
-        model = load_qa_model(run.model_path, **run.load).to(args.device)  # the selection runs where training will
-        count = min(sconfig.num_samples, len(data.train_features))
-        features = data.train_features.shuffle(seed=args.seed).select(range(count))
-        config = PruneConfig(
-            target_macs=sconfig.target_macs, target_latency=sconfig.target_latency, seq_length=data.max_seq_length,
-            label_samples=sconfig.label_samples, refit=sconfig.refit, refit_samples=sconfig.refit_samples,
-            quantized_latency=compression.quantization is not None, batch_size=args.per_device_eval_batch_size,
-            seed=args.seed,
-        )  # fmt: skip
-        result = fisher_prune(model, feature_batches(features, run.tokenizer, config.batch_size), config)
-        freeze_zeros(result.model, result.frozen)
-        logger.info("after Fisher selection: %s", current_sizes(result.model))
-        save_model_dir(
-            result.model, run.tokenizer, out / PRUNED_DIR, export_ir=False,
-            extra_state={FROZEN_MASKS: result.frozen, KEPT: result.summary["kept"], REPORT: {"pruning": result.summary}},
-        )  # fmt: skip
-    _barrier(args)
-    return finetune_pruned(run, 0, total)
-
-
-def finetune_pruned(run: Run, before: int, total: int) -> tuple[nn.Module, dict]:
-    """The last phase of a pruning run: load the pruned float model from `output_dir/pruned`, insert
-    quantizers (when the config has them), fine-tune with distillation from step `before` to `total`
-    of the run's schedule, and write the compression report."""
-    compression, args = run.compression, run.args
-    out = Path(args.output_dir)
-    metrics: dict[str, Any] = {}
-    model = load_qa_model(str(out / PRUNED_DIR))
-    state = load_compression_state(out / PRUNED_DIR) or {}
-    finetune_args = dataclasses.replace(args, output_dir=str(out / FINETUNE_DIR), max_steps=total - before)
-    resume = resolve_resume(finetune_args, out / FINETUNE_DIR)
-    qconfig = compression.quantization
-    if qconfig is not None:
-        if resume:
-            model = apply_compression_state(model, load_compression_state(resume))
-        else:
-            samples = calibration_samples(run.data.train_features, qconfig.num_init_samples, args.seed)
-            model = quantize_model(model, qconfig, samples, source=compression.source)
-    freeze_zeros(model, state.get(FROZEN_MASKS, {}))
-    if total > before:
-        trainer, phase = fit(model, run, finetune_args, resume=resume, schedule_steps=(before, total))
-        trainer.save_state()
-        metrics.update(phase)
-        model = trainer.trained_model()
-    if args.should_save:
-        compression_report(
-            lambda: load_qa_model(run.model_path, **run.load), model, run.tokenizer, compression, out,
-            export_ir=args.export_openvino, extra=state.get(REPORT),
-        )
     return model, metrics
 
 
@@ -214,10 +125,3 @@ def save_pruned(
     kept = [{"heads": k.heads, "neurons": k.neurons} for k in keep]
     logger.info("after pruning warm-up: %s", current_sizes(model))
     save_model_dir(model, tokenizer, directory, export_ir=False, extra_state={FROZEN_MASKS: frozen, KEPT: kept})
-
-
-def _barrier(args: Any) -> None:
-    if args.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()

@@ -1,8 +1,9 @@
 """What the training phases of a run share: its data, its context, its step count, checkpoints to
 resume, and one phase as one `QACompressTrainer` run.
 
-`train` runs one phase (FP32 or QAT); `jpqd` runs two (a movement warm-up or a Fisher selection, then
-the pruned model's fine-tuning). Both build on this module, so neither imports the other's internals.
+The training plans (`qacompress.training.plans`: one phase for FP32 or QAT; `jpqd` and `structured`: a
+movement warm-up or a Fisher selection, then the pruned model's fine-tuning in `pruned`) build on this
+module, so none imports another's internals.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import numpy as np
 import torch
 from transformers import default_data_collator
 
-from qacompress.training.arguments import QACompressTrainingArguments
+from qacompress.compression.checkpoint import apply_compression_state, load_compression_state
 from qacompress.compression.config import CompressionConfig
 from qacompress.compression.distillation import DistillationConfig
+from qacompress.compression.quantization import is_quantized, quantize_model
 from qacompress.core.errors import QACompressError
-from qacompress.inference.evaluation import DecodeSettings
-from qacompress.data.features import MODEL_INPUT_NAMES
+from qacompress.data.features import input_columns
+from qacompress.data.postprocess import DecodeSettings
+from qacompress.training.arguments import QACompressTrainingArguments
 from qacompress.training.trainer import QACompressTrainer
 
 logger = logging.getLogger(__name__)
@@ -58,7 +61,7 @@ class Run:
 def calibration_samples(features: Any, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
     """`count` training features (batch 1 each), the same on every process of a distributed run."""
     order = np.random.default_rng(seed).permutation(len(features))[:count]
-    columns = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
+    columns = input_columns(features)
     rows = features.select(order.tolist())
     return [{c: torch.tensor([row[c]]) for c in columns} for row in rows]
 
@@ -79,7 +82,7 @@ def total_steps(num_features: int, args: QACompressTrainingArguments) -> int:
 
 
 def model_inputs(features: Any, with_labels: bool) -> Any:
-    keep = [c for c in MODEL_INPUT_NAMES if c in features.column_names]
+    keep = input_columns(features)
     if with_labels:
         keep += ["start_positions", "end_positions"]
     return features.select_columns(keep)
@@ -121,8 +124,8 @@ def fit(
     schedule_steps: tuple[int, int] | None = None,
     callbacks: list | None = None,
 ):
-    """Train `model` for one phase of `run` (with this phase's `args`) in one `QACompressTrainer`;
-    returns the trainer and its TrainOutput metrics."""
+    """Train `model` for one phase of `run` (with this phase's `args`) in one `QACompressTrainer`, and
+    save the trainer state beside the last checkpoint; returns the trained model and the phase's metrics."""
     trainer = QACompressTrainer(
         model=model,
         args=args,
@@ -140,4 +143,17 @@ def fit(
         callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=resume)
-    return trainer, dict(result.metrics)
+    trainer.save_state()
+    return trainer.trained_model(), dict(result.metrics)
+
+
+def with_quantizers(model: torch.nn.Module, run: Run, resume: str | None) -> torch.nn.Module:
+    """`model` with the run's quantizers (when its config has a quantization section): those of the
+    checkpoint being resumed, or new ones calibrated on training features."""
+    qconfig = run.compression.quantization if run.compression is not None else None
+    if qconfig is None or is_quantized(model):
+        return model
+    if resume:
+        return apply_compression_state(model, load_compression_state(resume))
+    samples = calibration_samples(run.data.train_features, qconfig.num_init_samples, run.args.seed)
+    return quantize_model(model, qconfig, samples, source=run.compression.source)

@@ -38,14 +38,19 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import speed_metrics
 
-from qacompress.compression.checkpoint import load_compression_state, load_compression_tensors, save_compressed
+from qacompress.compression.checkpoint import (
+    load_compression_state,
+    load_compression_tensors,
+    load_qa_model,
+    save_compressed,
+)
 from qacompress.compression.distillation import DistillationConfig, distillation_loss, hidden_distillation_loss
-from qacompress.core.errors import QACompressError
-from qacompress.inference.evaluation import DecodeSettings, evaluate_runner, prefixed
-from qacompress.model.loading import load_qa_model
 from qacompress.compression.movement import MovementPruner
-from qacompress.core.ondisk import MOVEMENT_ATTR, MOVEMENT_SCHEDULE
 from qacompress.compression.quantization import AUTOCAST_ORIGINAL_FORWARD
+from qacompress.core.errors import QACompressError
+from qacompress.core.ondisk import MOVEMENT_ATTR, MOVEMENT_SCHEDULE
+from qacompress.data.postprocess import DecodeSettings
+from qacompress.inference.evaluation import evaluate_runner, prefixed
 from qacompress.inference.runners import TorchQAModel
 
 LABELS = ("start_positions", "end_positions")
@@ -157,7 +162,7 @@ class QACompressTrainer(Trainer):
     ) -> dict[str, float]:
         """SQuAD EM/F1 of the model as it is now (masked, pruned or fake-quantized), logged like Trainer's.
 
-        The same call as the final scoring (`train.score_split`): one length-sorted forward pass over
+        The same call as the final scoring (`qacompress.jobs.train.score_split`): one length-sorted forward pass over
         the features, n-best decoding, the official metric; so it costs what the final evaluation
         costs, and gives the same figures for the same weights. Each process of a distributed run
         scores the whole set, so all agree on the best checkpoint.

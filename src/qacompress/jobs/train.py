@@ -18,21 +18,21 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
-from qacompress.core import atomic
-from qacompress.training.arguments import DataTrainingArguments, ModelArguments, QACompressTrainingArguments
-from qacompress.compression.checkpoint import apply_compression_state, load_compression_state
+from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.config import CompressionConfig, default_compression_config, load_compression_config
-from qacompress.data.squad import load_examples
 from qacompress.compression.distillation import check_hidden_sizes, check_teacher_tokenizer, freeze_teacher
-from qacompress.core.errors import QACompressError
-from qacompress.inference.evaluation import DecodeSettings, score_model_dir
 from qacompress.compression.export import save_model_dir
-from qacompress.data.features import prepare_eval_features, prepare_train_features
-from qacompress.training.jpqd import train_jpqd, train_structured
-from qacompress.model.loading import default_model_path, load_config, load_qa_model, load_tokenizer
+from qacompress.core import atomic
+from qacompress.core.errors import QACompressError
 from qacompress.core.ondisk import PRUNED_DIR
-from qacompress.training.phases import Data, Run, calibration_samples, fit, last_complete_checkpoint, resolve_resume
-from qacompress.compression.quantization import is_quantized, quantize_model
+from qacompress.data.arguments import DataTrainingArguments, load_split, split_source
+from qacompress.data.postprocess import DecodeSettings
+from qacompress.inference.evaluation import score_model_dir
+from qacompress.measure.variants import warn_if_int8_is_slower
+from qacompress.model.loading import default_model_path, load_config, load_tokenizer
+from qacompress.training.arguments import ModelArguments, QACompressTrainingArguments
+from qacompress.training.phases import Data, Run, last_complete_checkpoint
+from qacompress.training.plans import plan_for
 
 logger = logging.getLogger(__name__)
 
@@ -86,50 +86,26 @@ def load_data(data_args: DataTrainingArguments, args: QACompressTrainingArgument
         collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
         max_seq_length=data_args.max_seq_length,
     )
-    train_source = data_args.train_file or data_args.dataset_name
-    eval_source = data_args.validation_file or data_args.dataset_name
-    if args.do_train and not train_source:
-        raise QACompressError("--do_train needs --train_file or --dataset_name")
-    if args.do_eval and not eval_source:
-        raise QACompressError("--do_eval needs --validation_file or --dataset_name")
-    common = dict(
-        max_seq_length=data_args.max_seq_length,
-        doc_stride=data_args.doc_stride,
-        pad_to_max_length=data_args.pad_to_max_length,
-        num_proc=data_args.preprocessing_num_workers,
-        load_from_cache_file=not data_args.overwrite_cache,
-    )
-    load = dict(
-        dataset_config_name=data_args.dataset_config_name,
-        version_2_with_negative=data_args.version_2_with_negative,
-    )
+    if args.do_train:
+        split_source(data_args, "train", "--do_train")
+    if args.do_eval:
+        split_source(data_args, "validation", "--do_eval")
     with args.main_process_first(desc="dataset preprocessing"):
         if args.do_train:
-            examples = load_examples(train_source, split="train", max_samples=data_args.max_train_samples, **load)
-            data.train_features = prepare_train_features(examples, tokenizer, **common)
+            _, data.train_features = load_split(data_args, tokenizer, "train", needed_by="--do_train", labels=True)
         if args.do_eval:
-            data.eval_examples = load_examples(
-                eval_source, split="validation", max_samples=data_args.max_eval_samples, **load
+            data.eval_examples, data.eval_features = load_split(
+                data_args, tokenizer, "validation", needed_by="--do_eval", labels=False
             )
-            data.eval_features = prepare_eval_features(data.eval_examples, tokenizer, **common)
     return data
 
 
-def load_test_data(data_args: DataTrainingArguments, args: QACompressTrainingArguments, tokenizer) -> tuple[Any, Any]:
-    """`--do_predict` data: answers optional (scored when present)."""
-    source = data_args.test_file or data_args.dataset_name
-    if not source:
-        raise QACompressError("--do_predict needs --test_file or --dataset_name")
-    examples = load_examples(
-        source, split="test", dataset_config_name=data_args.dataset_config_name,
-        version_2_with_negative=data_args.version_2_with_negative, require_answers=False,
-        max_samples=data_args.max_predict_samples,
+def load_test_data(data_args: DataTrainingArguments, tokenizer) -> tuple[Any, Any]:
+    """`--do_predict` data: answers optional (scored when present), features padded as evaluation's."""
+    return load_split(
+        data_args, tokenizer, "test", needed_by="--do_predict", labels=False, require_answers=False,
+        pad_to_max_length=True,
     )  # fmt: skip
-    features = prepare_eval_features(
-        examples, tokenizer, max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
-        num_proc=data_args.preprocessing_num_workers, load_from_cache_file=not data_args.overwrite_cache,
-    )  # fmt: skip
-    return examples, features
 
 
 # ---- the job -----------------------------------------------------------------------------------------
@@ -155,12 +131,7 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
     metrics: dict[str, Any] = {}
     if args.do_train:
         run = Run(model_path, load, tokenizer, compression, args, data, settings, teacher)
-        if compression is not None and compression.movement_sparsity is not None:
-            model, train_metrics = train_jpqd(run)
-        elif compression is not None and compression.structured_pruning is not None:
-            model, train_metrics = train_structured(run)
-        else:
-            model, train_metrics = train_single_phase(run)
+        model, train_metrics = plan_for(compression)(run)
         train_metrics["train_samples"] = len(data.train_features)
         metrics.update(train_metrics)
         if args.should_save:
@@ -169,15 +140,13 @@ def run_train(model_args: ModelArguments, data_args: DataTrainingArguments, args
             int8_embeddings = qconfig.int8_embeddings if qconfig is not None else True
             save_model_dir(model, tokenizer, args.output_dir, export_ir=args.export_openvino, int8_embeddings=int8_embeddings)
             if args.export_openvino:
-                from qacompress.measure.variants import warn_if_int8_is_slower
-
                 warn_if_int8_is_slower(model, tokenizer, args.output_dir, data_args.max_seq_length)
     else:
         model = load_qa_model(model_path, **load)
     if args.should_save and args.do_eval:
         metrics.update(score_split(model, tokenizer, args, data.eval_examples, data.eval_features, settings, "eval"))
     if args.should_save and args.do_predict:
-        examples, features = load_test_data(data_args, args, tokenizer)
+        examples, features = load_test_data(data_args, tokenizer)
         metrics.update(score_split(model, tokenizer, args, examples, features, settings, "predict"))
     if args.should_save:
         atomic.write_json(Path(args.output_dir) / "all_results.json", metrics)
@@ -192,23 +161,6 @@ def load_teacher(model_args: ModelArguments, tokenizer) -> torch.nn.Module | Non
     teacher_tokenizer = load_tokenizer(name, cache_dir=model_args.cache_dir)
     check_teacher_tokenizer(tokenizer, teacher_tokenizer, name)
     return freeze_teacher(load_qa_model(name, cache_dir=model_args.cache_dir))
-
-
-def train_single_phase(run: Run) -> tuple[torch.nn.Module, dict]:
-    """FP32 fine-tuning, or QAT when the compression has a quantization section."""
-    args = run.args
-    resume = resolve_resume(args, Path(args.output_dir))
-    model = load_qa_model(run.model_path, **run.load)
-    qconfig = run.compression.quantization if run.compression is not None else None
-    if qconfig is not None and not is_quantized(model):
-        if resume:
-            model = apply_compression_state(model, load_compression_state(resume))
-        else:
-            samples = calibration_samples(run.data.train_features, qconfig.num_init_samples, args.seed)
-            model = quantize_model(model, qconfig, samples, source=run.compression.source)
-    trainer, train_metrics = fit(model, run, args, resume=resume)
-    trainer.save_state()
-    return trainer.trained_model(), train_metrics
 
 
 def score_split(model, tokenizer, args: QACompressTrainingArguments, examples, features, settings, prefix: str) -> dict:

@@ -1,0 +1,55 @@
+"""Timing a call, the one way every latency figure of qacompress is taken: warm-up calls first, then
+wall-clock time (`time.perf_counter`) per call, medians rather than means (a 2-core machine's
+scheduler adds rare long calls)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long to time a call: `warmup` calls, then at least `min_iterations` calls and `min_seconds`."""
+
+    warmup: int = 3
+    min_iterations: int = 10
+    min_seconds: float = 2.0
+
+
+def elapsed_ms(fn: Callable[[], object]) -> float:
+    """Wall time of one call of `fn`, in milliseconds."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def time_calls(fn: Callable[[], object], timing: Timing = Timing()) -> dict[str, float]:
+    """Median and p90 wall time (ms) of `fn()` after warm-up calls, and how many calls were timed."""
+    for _ in range(timing.warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < timing.min_iterations or time.perf_counter() - start < timing.min_seconds:
+        times.append(elapsed_ms(fn))
+    times.sort()
+    return {
+        "median": round(statistics.median(times), 3),
+        "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3),
+        "n": len(times),
+    }
+
+
+def synthetic_inputs(batch: int, length: int, vocab_size: int, names: tuple[str, ...], seed: int) -> dict[str, np.ndarray]:
+    """Token ids of a given shape (speed does not depend on which tokens they are). Ordinary words of a
+    WordPiece vocabulary start near id 1000; a smaller vocabulary draws from its upper half."""
+    rng = np.random.default_rng(seed)
+    high = min(vocab_size, 20000)
+    ids = rng.integers(min(1000, high // 2), high, size=(batch, length), dtype=np.int64)
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    inputs["token_type_ids"][:, length // 4 :] = 1
+    return {k: v for k, v in inputs.items() if k in names}

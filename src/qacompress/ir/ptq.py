@@ -1,0 +1,58 @@
+"""Post-training INT8 quantization of an `openvino.Model` (`nncf.quantize`), and the IR-only model folder
+it is saved as: the baseline a user would pick instead of QAT."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from qacompress.core.atomic import staged_files
+from qacompress.core.extensions import import_nncf
+from qacompress.core.ondisk import IR_FILE, MODEL_FILES
+from qacompress.model.loading import load_tokenizer
+
+
+def quantize_ir(ov_model, calibration: list[dict[str, np.ndarray]], *, preset: str = "mixed", overflow_fix: str | None = None):
+    """An INT8 copy of an `openvino.Model` by post-training quantization (`nncf.quantize`,
+    `ModelType.TRANSFORMER`); `overflow_fix` None keeps NNCF's default."""
+    nncf = import_nncf()
+    names = [i.get_any_name() for i in ov_model.inputs]
+    dataset = nncf.Dataset([{k: v for k, v in sample.items() if k in names} for sample in calibration])
+    advanced = None
+    if overflow_fix is not None:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+        advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
+    return nncf.quantize(
+        ov_model,
+        dataset,
+        preset=nncf.QuantizationPreset(preset),
+        subset_size=len(calibration),
+        model_type=nncf.ModelType.TRANSFORMER,
+        advanced_parameters=advanced,
+    )
+
+
+def post_training_quantize(
+    model_dir: str | Path, output_dir: str | Path, calibration: list[dict[str, np.ndarray]], *, preset: str = "mixed"
+) -> Path:
+    """INT8 IR by post-training quantization of an exported FP32 IR: the baseline a user would pick
+    instead of QAT."""
+    import openvino as ov
+
+    quantized = quantize_ir(ov.Core().read_model(str(Path(model_dir) / IR_FILE)), calibration, preset=preset)
+    return save_ir_dir(quantized, model_dir, output_dir)
+
+
+def save_ir_dir(ov_model, model_dir: str | Path, output_dir: str | Path) -> Path:
+    """An IR-only model directory: `ov_model` with the config and tokenizer of `model_dir`."""
+    import openvino as ov
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    with staged_files(output_dir, replaces=MODEL_FILES) as staging:
+        ov.save_model(ov_model, str(staging / IR_FILE), compress_to_fp16=False)
+        shutil.copy2(model_dir / "config.json", staging / "config.json")
+        load_tokenizer(str(model_dir)).save_pretrained(staging)
+    return output_dir
