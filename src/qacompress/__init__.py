@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 #: Public name -> (module, attribute), imported when first used.
 _EXPORTS: dict[str, tuple[str, str]] = {
+    "compress": ("qacompress.jobs.compress", "compress"),
     "run_train": ("qacompress.jobs.train", "run_train"),
     "ModelArguments": ("qacompress.training.arguments", "ModelArguments"),
     "DataTrainingArguments": ("qacompress.data.arguments", "DataTrainingArguments"),

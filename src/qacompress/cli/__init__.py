@@ -1,5 +1,7 @@
 """The `qacompress` command: a thin layer over the library.
 
+    qacompress compress  --model_name_or_path DIR --train_file F --target_speedup 2 --output_dir OUT
+                                                        the fastest model for this CPU that keeps accuracy
     qacompress train     ...run_qa.py flags...          fine-tune with QAT / JPQD, evaluate, export
     qacompress evaluate  --model_name_or_path DIR ...   SQuAD EM/F1 of a torch or OpenVINO model dir
     qacompress prune     --model_name_or_path DIR --train_file F --target_macs 0.6 --output_dir OUT
@@ -19,7 +21,7 @@ from qacompress.cli.common import setup_logging
 from qacompress.core.errors import QACompressError
 
 #: Verb -> its module under `qacompress.cli` (imported only when run: `qacompress --help` stays instant).
-COMMANDS = ("train", "evaluate", "prune", "export", "predict", "benchmark")
+COMMANDS = ("compress", "train", "evaluate", "prune", "export", "predict", "benchmark")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,172 @@
+"""`qacompress compress` on a tiny BERT: one run from the input model to a compressed model folder and its
+report, resumed when run again; every refusal is one line with exit status 2 and nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qacompress.cli import main
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.compression.fisher import prediction_entropy
+from qacompress.compression.pruning import feature_batches
+from qacompress.core.atomic import file_lock
+from qacompress.core.ondisk import COMPRESS_LOCK
+from qacompress.data.features import prepare_eval_features
+from qacompress.data.squad import load_examples
+from qacompress.jobs.compress import NEAR_UNIFORM
+from qacompress.model.loading import load_tokenizer
+
+from conftest import REPO_ROOT, minilm_dir, squad_doc, write_json
+
+SEQ = 64
+
+
+def compress_cli(model_dir: Path, out: Path, squad_dir: Path, *extra: str) -> int:
+    dev = str(squad_dir / "v1.1" / "dev.json")
+    return main([
+        "compress", "--model_name_or_path", str(model_dir), "--train_file", dev, "--max_train_samples", "24",
+        "--max_seq_length", str(SEQ), "--doc_stride", "16", "--output_dir", str(out), "--max_steps", "3",
+        "--per_device_train_batch_size", "8", "--selection_samples", "8", "--save_steps", "2",
+        "--logging_steps", "1", *extra,
+    ])  # fmt: skip
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("qacompress: error")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_compress_end_to_end_and_resume(tiny_bert_dir, squad_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    dev = str(squad_dir / "v1.1" / "dev.json")
+    flags = ("--target_latency", "1.0", "--validation_file", dev, "--max_eval_samples", "16", "--allow_untrained_model")
+    assert compress_cli(tiny_bert_dir, out, squad_dir, *flags) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "compress_report.json").read_text())
+    plan = json.loads((out / "compress_plan.json").read_text())
+    config = json.loads((out / "compress_config.json").read_text())
+
+    # The deployment precision is the faster of the two unpruned IRs it timed; quantizers only for INT8.
+    ms = plan["unpruned_ir_ms"]
+    assert plan["precision"] == min(ms, key=ms.get), plan
+    algorithms = [section["algorithm"] for section in config]
+    assert algorithms == (["structured_pruning", "quantization"] if plan["precision"] == "int8" else ["structured_pruning"])
+    xml = (out / "openvino_model.xml").read_text()
+    assert ('type="FakeQuantize"' in xml) == (plan["precision"] == "int8"), plan
+    assert config[0]["target_latency"] == plan["fraction"] == 1.0
+
+    # The report: paired scores on the same 16 questions, latencies, sizes, kept units, phases, command, CPU.
+    accuracy = report["accuracy"]
+    assert accuracy["questions"] == 16, accuracy
+    for metric in ("exact_match", "f1"):
+        diff = accuracy[metric]["difference"]
+        assert diff["questions"] == 16 and diff["low"] <= diff["diff"] <= diff["high"], diff
+        assert diff["diff"] == pytest.approx(accuracy[metric]["result_ir"] - accuracy[metric]["model_torch"], abs=0.011)
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert accuracy["f1"]["result_ir"] == pytest.approx(eval_results["eval_openvino_f1"], abs=0.01), eval_results
+    assert all(v > 0 for k, v in report["latency_ms"].items() if k.endswith(("torch", "_ir"))), report["latency_ms"]
+    assert report["speedup"]["vs_best_unpruned_ir"] == pytest.approx(
+        report["latency_ms"][f"model_{plan['precision']}_ir"] / report["latency_ms"]["result_ir"], abs=0.01
+    )
+    assert len(report["kept"]["layers"]) == 2 and report["size_mb"]["result_ir"] > 0, report
+    assert set(report["wall_time_s"]) == {"checks_s", "plan_s", "recovery_s", "report_s"}, report["wall_time_s"]
+    assert report["command"].startswith("qacompress compress --model_name_or_path") and report["cpu"]["name"]
+    assert (out / "compress_report.png").stat().st_size > 1000
+    assert "compressed IR" in printed and "F1 difference (paired 95% interval, 16 questions)" in printed, printed
+
+    # The folder is a model folder the other verbs load as it is.
+    assert main(["evaluate", "--model_name_or_path", str(out), "--validation_file", dev, "--max_eval_samples", "16",
+                 "--max_seq_length", str(SEQ), "--doc_stride", "16"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert re.search(rf"eval_f1 +{eval_results['eval_openvino_f1']:.4f}\n", printed), printed
+
+    # Run again: the plan is read back (not measured again) and training has nothing left to do.
+    plan_bytes = (out / "compress_plan.json").read_bytes()
+    assert compress_cli(tiny_bert_dir, out, squad_dir, *flags) == 0
+    assert (out / "compress_plan.json").read_bytes() == plan_bytes
+    again = json.loads((out / "compress_report.json").read_text())
+    assert again["accuracy"]["f1"]["result_ir"] == accuracy["f1"]["result_ir"], again["accuracy"]
+    assert again["train_metrics"]["train_samples"] == report["train_metrics"]["train_samples"]
+
+
+@pytest.mark.slow
+def test_a_target_below_the_fixed_cost_says_what_is_reachable(tiny_bert_dir, squad_dir, tmp_path, capsys):
+    """1000x keeps 0.001 of the latency: less than embeddings and the QA head alone take on any CPU."""
+    assert compress_cli(tiny_bert_dir, tmp_path / "o", squad_dir, "--target_speedup", "1000", "--allow_untrained_model") == 2
+    line = one_error_line(capsys)
+    assert "--target_speedup 1000" in line and "ask for at most --target_speedup" in line, line
+    assert not (tmp_path / "o" / "openvino_model.xml").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ([], "give exactly one of --target_speedup"),
+        (["--target_speedup", "2", "--target_latency", "0.5"], "give exactly one of --target_speedup"),
+        (["--target_speedup", "0.5"], "--target_speedup must be >= 1"),
+        (["--target_latency", "1.5"], "--target_latency must be in (0, 1]"),
+        (["--target_speedup", "2"], "near uniform"),  # a random QA head: not fine-tuned
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(tiny_bert_dir, squad_dir, tmp_path, capsys, flags, message):
+    assert compress_cli(tiny_bert_dir, tmp_path / "o", squad_dir, *flags) == 2
+    line = one_error_line(capsys)
+    assert message in line, line
+    assert not (tmp_path / "o" / "compress_plan.json").exists()
+
+
+def test_training_data_without_answers_is_refused_before_any_work(tiny_bert_dir, squad_dir, tmp_path, capsys):
+    data = write_json(tmp_path / "t.json", squad_doc(("Paris is in France.", [
+        {"id": "a", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
+        {"id": "b", "question": "What is Paris?"},
+    ])))  # fmt: skip
+    argv = ["compress", "--model_name_or_path", str(tiny_bert_dir), "--train_file", str(data), "--target_speedup", "2",
+            "--output_dir", str(tmp_path / "o"), "--allow_untrained_model"]  # fmt: skip
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert "t.json" in line and "record b" in line and "answers" in line, line
+    assert not (tmp_path / "o" / "compress_plan.json").exists()
+
+
+def test_an_output_folder_in_use_or_of_something_else_is_refused(tiny_bert_dir, squad_dir, tmp_path, capsys):
+    busy = tmp_path / "busy"
+
+    def already_held() -> None:
+        raise AssertionError("nothing else should hold the lock yet")
+
+    with file_lock(busy / COMPRESS_LOCK, on_busy=already_held):  # another run, as another process sees it
+        done = subprocess.run(
+            [sys.executable, "-m", "qacompress", "compress", "--model_name_or_path", str(tiny_bert_dir), "--train_file",
+             str(squad_dir / "v1.1" / "dev.json"), "--target_speedup", "2", "--output_dir", str(busy)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 2 and "is in use by another qacompress run" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and sorted(p.name for p in busy.iterdir()) == [COMPRESS_LOCK]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert compress_cli(tiny_bert_dir, other, squad_dir, "--target_speedup", "2", "--allow_untrained_model") == 2
+    line = one_error_line(capsys)
+    assert "is not empty and holds no compress run" in line, line
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_the_fine_tuning_check_tells_the_reference_from_a_fresh_head(squad_dir):
+    """The refusal's threshold sits between a fine-tuned MiniLM (the committed reference) and the same
+    encoder with a fresh QA head (the packaged all-MiniLM-L6-v2)."""
+    examples = load_examples(str(squad_dir / "v1.1" / "train.json"), split="train", max_samples=16)
+    seen = {}
+    for name, path in (("reference", REPO_ROOT / "benchmarks" / "reference" / "minilm-squad12k"), ("fresh", minilm_dir())):
+        tokenizer = load_tokenizer(str(path))
+        features = prepare_eval_features(examples, tokenizer, max_seq_length=256, doc_stride=128, pad_to_max_length=False)
+        seen[name] = prediction_entropy(load_qa_model(str(path)), feature_batches(features, tokenizer, 8))
+    assert seen["reference"] < 0.5 < NEAR_UNIFORM < seen["fresh"], seen
