@@ -4,6 +4,7 @@ questions, controls, seed groups, and rows kept as they are measured."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -73,3 +74,32 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
     shutil.rmtree(copy)
     again = protocol.measure_row(spec["rows"][3], spec)
     assert again["question_scores"] == rows["other copy"]["question_scores"]
+
+
+def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
+    """benchmarks/evidence.py: every trained row starts from the reference with the same steps and schedule,
+    and names a control that is in the table, trained the same way without compression; the rows file it
+    writes is one the protocol reads (unique names, the reference among them)."""
+    spec = importlib.util.spec_from_file_location("evidence", REPO / "benchmarks" / "evidence.py")
+    evidence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence)
+    monkeypatch.setattr(evidence, "OUT", tmp_path)
+    table = {row["name"]: row for row in evidence.rows()}
+    trained = [r for r in table.values() if r.get("command", [None, None])[1] in ("train", "compress")]
+    assert len(trained) >= 6, sorted(table)
+    for row in trained:
+        command = row["command"]
+        assert command[command.index("--model_name_or_path") + 1] == evidence.REFERENCE, row["name"]
+        assert " ".join(evidence.SCHEDULE) in " ".join(command), row["name"]
+        if "--compression" not in command:  # a recipe: its control is the same training, nothing compressed
+            control = table[row["control"]]["command"]
+            assert "--compression" in control and control[control.index("--compression") + 1] == "none", row["name"]
+            lr = command[command.index("--learning_rate") + 1]
+            assert control[control.index("--learning_rate") + 1] == lr, (row["name"], row["control"])
+            assert ("--teacher_model_name_or_path" in control) == (
+                "--teacher_model_name_or_path" in command or command[1] == "compress"
+            ), (row["name"], row["control"])
+    assert len({r["seed"] for r in table.values() if r.get("group") == "recipe b"}) >= 2
+    rows = json.loads(evidence.rows_file(list(table.values())).read_text())
+    names = [r["name"] for r in rows["rows"]]
+    assert rows["reference"] in names and len(set(names)) == len(names)

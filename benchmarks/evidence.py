@@ -1,0 +1,151 @@
+"""Issue 22's rows, trained and exported from the reference model one after another, then handed to the
+protocol (`benchmarks/protocol.py`) as one rows file.
+
+    python benchmarks/evidence.py --list              # every row and its command
+    python benchmarks/evidence.py                     # run the rows not done yet, in order, then write the rows file
+    python benchmarks/evidence.py --only "QAT"        # one row (repeatable)
+    python benchmarks/protocol.py benchmarks/work/evidence/rows.json --name evidence_minilm
+
+Every trained row starts from the reference (`benchmarks/reference/minilm-squad12k`) and takes the same
+step budget (`STEPS`, one epoch of train-12k at batch 32) and schedule; each has a budget-matched FP32
+control (the same steps without compression: distilled from the reference where the recipe distils).
+A row is done when its output folder holds its result file; an interrupted row resumes from its last
+checkpoint when run again (the commands resume by themselves). Runs one row at a time: two trainings
+at once on 2 cores slow each other about 5x. Training stays FP32 (no bf16 autocast) so that every CPU
+runs the same arithmetic. The recipes' settings here are provisional (docs/compress.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, SQUAD, WORK  # noqa: E402
+
+from qacompress.core import atomic  # noqa: E402
+
+REFERENCE = "benchmarks/reference/minilm-squad12k"
+OUT = WORK / "evidence"
+TRAIN, DEV = f"{SQUAD}/train-12k.json", f"{SQUAD}/dev-10k.json"
+STEPS = 416  # one epoch of train-12k (13,290 features at length 256, stride 128) at batch 32
+DATA = ["--train_file", TRAIN, "--max_seq_length", "256", "--doc_stride", "128"]
+SCHEDULE = ["--max_steps", str(STEPS), "--per_device_train_batch_size", "32", "--warmup_steps", "0.1",
+            "--save_steps", "52", "--save_total_limit", "2", "--logging_steps", "26", "--report_to", "none"]  # fmt: skip
+DISTIL = ["--teacher_model_name_or_path", REFERENCE]
+RECOVERY_LR = ["--learning_rate", "1.2e-4"]  # recipe (b)'s (docs/compress.md); its control and recipe (a) share it
+QAT_LR = ["--learning_rate", "3e-5"]  # QAT of a converged model: a small step, as for any further fine-tuning
+
+
+JPQD_CONFIG = OUT / "minilm-jpqd-budget.json"
+
+
+def write_jpqd_config() -> None:
+    """configs/minilm-jpqd.json with its schedule epoch scaled to the step budget: warm-up from 10% to 80%
+    of the steps (the shipped config's epochs 1..8 of 10), QAT fine-tuning after."""
+    from qacompress.compression.config import load_compression_config
+
+    sections = load_compression_config(ROOT / "configs" / "minilm-jpqd.json").raw
+    for section in sections:
+        if section["algorithm"] == "movement_sparsity":
+            section["params"]["steps_per_epoch"] = STEPS // 10
+    atomic.write_json(JPQD_CONFIG, sections)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def rows() -> list[dict]:
+    """name, command, output dir, the file that says it is done, and the protocol row's fields."""
+
+    def train(name: str, *flags: str, seed: int = 42, **row) -> dict:
+        out = OUT / slug(name)
+        cmd = ["qacompress", "train", "--model_name_or_path", REFERENCE, *DATA, "--do_train", *SCHEDULE,
+               "--seed", str(seed), *flags, "--output_dir", str(out)]  # fmt: skip
+        return {"name": name, "command": cmd, "dir": out, "done": out / "all_results.json", "seed": seed, **row}
+
+    def compress(name: str, seed: int, **row) -> dict:
+        out = OUT / slug(name)
+        cmd = ["qacompress", "compress", "--model_name_or_path", REFERENCE, *DATA, "--target_speedup", "2",
+               *SCHEDULE, *RECOVERY_LR, "--seed", str(seed), "--output_dir", str(out)]  # fmt: skip
+        return {"name": name, "command": cmd, "dir": out, "done": out / "compress_report.json", "seed": seed, **row}
+
+    def prune(name: str, macs: str, **row) -> dict:
+        out = OUT / slug(name)
+        cmd = ["qacompress", "prune", "--model_name_or_path", REFERENCE, *DATA, "--max_train_samples", "2000",
+               "--target_macs", macs, "--output_dir", str(out)]  # fmt: skip
+        return {"name": name, "command": cmd, "dir": out, "done": out / "prune_results.json", **row}
+
+    fp32_ir = OUT / "reference-fp32-ir"
+    return [
+        {"name": "reference", "dir": Path(REFERENCE), "backend": "torch"},
+        {"name": "reference FP32 IR", "dir": fp32_ir, "done": fp32_ir / "openvino_model.xml", "unpruned_ir": True,
+         "command": ["qacompress", "export", "--model_name_or_path", REFERENCE, "--variant", "fp32",
+                     "--output_dir", str(fp32_ir)]},  # fmt: skip
+        prune("INT8 PTQ", "1.0", unpruned_ir=True),
+        prune("prune 0.7 (no training)", "0.7"),
+        train("FP32 control", "--compression", "none", *QAT_LR),
+        train("QAT", *QAT_LR, control="FP32 control"),
+        train("FP32 control (distilled)", "--compression", "none", *DISTIL, *RECOVERY_LR),
+        compress("recipe b, seed 42", 42, group="recipe b", control="FP32 control (distilled)"),
+        compress("recipe b, seed 43", 43, group="recipe b", control="FP32 control (distilled)"),
+        train("recipe a (JPQD)", "--nncf_compression_config", str(JPQD_CONFIG), *DISTIL, *RECOVERY_LR,
+              control="FP32 control (distilled)"),
+    ]
+
+
+def run(row: dict) -> None:
+    """Run a row's command to the end (it resumes by itself), logging to OUT/<name>.log."""
+    command = row["command"]
+    if str(JPQD_CONFIG) in command:
+        write_jpqd_config()
+    log = OUT / f"{slug(row['name'])}.log"
+    print(f"== {row['name']}: {shlex.join(command)}\n   log: {log}", flush=True)
+    started = time.perf_counter()
+    with open(log, "a") as handle:
+        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"{row['name']} failed (exit {done.returncode}); see {log}")
+    atomic.write_json(OUT / f"{slug(row['name'])}.wall.json", {"seconds": round(time.perf_counter() - started, 1)})
+
+
+def rows_file(table: list[dict]) -> Path:
+    """The protocol's rows file: dev-10k at length 256, every row, its command."""
+    spec = {
+        "validation_file": DEV, "max_seq_length": 256, "doc_stride": 128, "reference": "reference",
+        "rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in row.items() if k not in ("done", "command")}
+                 | ({"command": shlex.join(row["command"])} if "command" in row else {}) for row in table],
+    }  # fmt: skip
+    path = OUT / "rows.json"
+    atomic.write_json(path, spec)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="print the rows and their commands, run nothing")
+    parser.add_argument("--only", action="append", help="run only this row (by name; repeatable)")
+    args = parser.parse_args(argv)
+    table = rows()
+    unknown = set(args.only or []) - {r["name"] for r in table}
+    if unknown:
+        raise SystemExit(f"no such row: {sorted(unknown)}; --list shows them")
+    for row in table:
+        state = "done" if "done" not in row or row["done"].exists() else "to run"
+        if args.list:
+            print(f"{row['name']} [{state}]" + (f"\n    {shlex.join(row['command'])}" if "command" in row else ""))
+        elif state == "to run" and (not args.only or row["name"] in args.only):
+            run(row)
+    if not args.list:
+        print(f"rows file: {rows_file(table)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
