@@ -488,15 +488,27 @@ FISHER_QAT = [
         ({"target_macs": 0.5, "criterion": "taylor"}, "criterion", "only 'fisher'"),
         ({"target_latency": 0.5, "num_samples": 0}, "num_samples", "must be >= 1"),
         ({"target_latency": 0.5, "refit": "yes"}, "refit", "expected bool"),
+        ({"target_latency": 0.5, "latency_points": 1}, "latency_points", "must be >= 2"),
     ],
 )
 def test_structured_pruning_section_errors_name_the_key(section, key, message):
+    """The section's settings are `prune`'s (one `PruneConfig`, one range check), named by their key."""
     from qacompress.compression.config import parse_compression_config
     from qacompress.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         parse_compression_config({"algorithm": "structured_pruning", **section}, source="c.json")
     assert info.value.key == key
+
+
+def test_structured_pruning_section_takes_the_prune_settings():
+    from qacompress.compression.config import PruneConfig, parse_compression_config
+
+    section = {"algorithm": "structured_pruning", "target_latency": 0.5, "latency_points": 3, "latency_rounds": 2,
+               "refit_samples": 32}  # fmt: skip
+    config = parse_compression_config(section).structured_pruning
+    assert isinstance(config, PruneConfig) and (config.latency_points, config.latency_rounds, config.refit_samples) == (3, 2, 32)
+    assert (config.num_samples, config.label_samples, config.refit) == (256, 1, True), config
 
 
 def test_structured_pruning_section_parses_and_excludes_movement_sparsity():
