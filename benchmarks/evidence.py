@@ -110,9 +110,12 @@ def run(row: dict) -> None:
     started = time.perf_counter()
     with open(log, "a") as handle:
         done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    # Wall time adds up over the invocations of a row that was interrupted and resumed.
+    wall = OUT / f"{slug(row['name'])}.wall.json"
+    spent = atomic.read_json(wall)["seconds"] if wall.is_file() else 0.0
+    atomic.write_json(wall, {"seconds": round(spent + time.perf_counter() - started, 1)})
     if done.returncode != 0:
         raise SystemExit(f"{row['name']} failed (exit {done.returncode}); see {log}")
-    atomic.write_json(OUT / f"{slug(row['name'])}.wall.json", {"seconds": round(time.perf_counter() - started, 1)})
 
 
 def rows_file(table: list[dict]) -> Path:
