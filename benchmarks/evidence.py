@@ -82,13 +82,16 @@ def rows() -> list[dict]:
                "--target_macs", macs, "--output_dir", str(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "prune_results.json", **row}
 
-    fp32_ir = OUT / "reference-fp32-ir"
+    fp32_ir, optimum = OUT / "reference-fp32-ir", OUT / "optimum-intel-ptq"
     return [
         {"name": "reference", "dir": Path(REFERENCE), "backend": "torch"},
         {"name": "reference FP32 IR", "dir": fp32_ir, "done": fp32_ir / "openvino_model.xml", "unpruned_ir": True,
          "command": ["qacompress", "export", "--model_name_or_path", REFERENCE, "--variant", "fp32",
                      "--output_dir", str(fp32_ir)]},  # fmt: skip
         prune("INT8 PTQ", "1.0", unpruned_ir=True),
+        {"name": "optimum-intel 2.2 PTQ", "dir": optimum, "done": optimum / "openvino_model.xml", "unpruned_ir": True,
+         "command": ["python", "benchmarks/optimum_ptq.py", "all", "--model_dir", REFERENCE, "--train_file", TRAIN,
+                     "--output_dir", str(optimum)]},  # fmt: skip
         prune("prune 0.7 (no training)", "0.7"),
         train("FP32 control", "--compression", "none", *QAT_LR),
         train("QAT", *QAT_LR, control="FP32 control"),
