@@ -97,6 +97,13 @@ def test_compress_end_to_end_and_resume(tiny_bert_dir, squad_dir, tmp_path, caps
     assert again["accuracy"]["f1"]["result_ir"] == accuracy["f1"]["result_ir"], again["accuracy"]
     assert again["train_metrics"]["train_samples"] == report["train_metrics"]["train_samples"]
 
+    # Another target into the same folder is not a resume: refused, the run left as it was.
+    other = [f if f != "1.0" else "0.8" for f in flags]
+    assert compress_cli(tiny_bert_dir, out, squad_dir, *other) == 2
+    line = one_error_line(capsys)
+    assert "holds a compress run planned for target_latency 1.0" in line, line
+    assert (out / "compress_plan.json").read_bytes() == plan_bytes
+
 
 @pytest.mark.slow
 def test_a_target_below_the_fixed_cost_says_what_is_reachable(tiny_bert_dir, squad_dir, tmp_path, capsys):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,14 @@ from qacompress.compression.pruning import feature_batches
 from qacompress.core import atomic
 from qacompress.core.cpu import cpu_info, describe
 from qacompress.core.errors import BudgetError, QACompressError
-from qacompress.core.ondisk import COMPRESS_CONFIG, COMPRESS_LOCK, COMPRESS_PLAN, COMPRESS_REPORT, PRUNED_DIR
+from qacompress.core.ondisk import (
+    COMPRESS_CONFIG,
+    COMPRESS_LOCK,
+    COMPRESS_PLAN,
+    COMPRESS_REPORT,
+    FINETUNE_DIR,
+    PRUNED_DIR,
+)
 from qacompress.core.timing import Timing, synthetic_inputs, time_calls
 from qacompress.data.arguments import DataTrainingArguments, split_source
 from qacompress.data.features import prepare_eval_features
@@ -159,6 +167,10 @@ def run_compress(
         raise QACompressError(f"{out} is in use by another qacompress run (wait for it, or choose another --output_dir)")
 
     with atomic.file_lock(out / COMPRESS_LOCK, on_busy=busy):
+        if args.overwrite_output_dir:  # start afresh: an earlier run's plan, selection and checkpoints go
+            (out / COMPRESS_PLAN).unlink(missing_ok=True)
+            for stale in (out / PRUNED_DIR, out / FINETUNE_DIR, *out.glob("checkpoint-*")):
+                shutil.rmtree(stale, ignore_errors=True)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         tokenizer = load_tokenizer(model_path)
@@ -227,6 +239,13 @@ def _plan(out: Path, model_path: str, seq_length: int, settings: CompressSetting
     path = out / COMPRESS_PLAN
     if path.is_file():
         plan = atomic.read_json(path)
+        asked = {"target_speedup": settings.target_speedup, "target_latency": settings.target_latency, "seq_length": seq_length}
+        different = {k: plan[k] for k, v in asked.items() if plan[k] != v}
+        if different:
+            raise QACompressError(
+                f"{out} holds a compress run planned for {', '.join(f'{k} {v}' for k, v in different.items())}, "
+                "not what this command asks for; resume it with the same flags, or choose another --output_dir"
+            )
         logger.info("resuming: deployment %s, measured on %s (%s)", plan["precision"], plan["cpu"], path)
         return plan
     model = load_qa_model(model_path)
@@ -269,7 +288,7 @@ def _recover(
         sections.append(DEFAULT_QUANTIZATION)
     config_path = out / COMPRESS_CONFIG
     atomic.write_json(config_path, sections)
-    started = last_complete_checkpoint(out) or last_complete_checkpoint(out / "finetune") or (out / PRUNED_DIR).is_dir()
+    started = last_complete_checkpoint(out) or last_complete_checkpoint(out / FINETUNE_DIR) or (out / PRUNED_DIR).is_dir()
     args = dataclasses.replace(
         args, do_train=True, do_eval=bool(data_args.validation_file or data_args.dataset_name), do_predict=False,
         nncf_compression_config=str(config_path), compression="auto", export_openvino=True,
