@@ -13,7 +13,7 @@ from qacompress.core.cpu import cpu_info
 from qacompress.core.errors import QACompressError
 from qacompress.core.settings import settings_from, with_flags
 from qacompress.data.arguments import DataTrainingArguments
-from qacompress.ir.compile import PRECISIONS
+from qacompress.ir.compile import check_precision, precision_flag
 from qacompress.measure.benchmark import BenchmarkSettings, format_table, measure_model
 from qacompress.measure.variants import compare_variants, format_variants
 
@@ -30,7 +30,7 @@ class _BenchmarkCommand:
         metadata={"help": "auto, openvino or torch: one for all models, or one per model (e.g. torch openvino to "
                   "compare a dir's torch model with its IR)"},
     )  # fmt: skip
-    inference_precision: str = field(default="f32", metadata={"help": "OpenVINO CPU precision: f32, bf16 or auto"})
+    inference_precision: str = precision_flag()
     output_file: str = field(default="benchmark_results.json", metadata={"help": "Where the measurements go"})
     compare_variants: bool = field(
         default=False,
@@ -52,8 +52,7 @@ def run(argv: list[str]) -> int:
     bad = [b for b in args.backend if b not in ("auto", "openvino", "torch")]
     if bad:
         raise QACompressError(f"--backend must be auto, openvino or torch, got {bad[0]!r}")
-    if args.inference_precision not in PRECISIONS:
-        raise QACompressError(f"--inference_precision must be one of {', '.join(PRECISIONS)}, got {args.inference_precision!r}")
+    check_precision(args.inference_precision)
     count = len(args.model_name_or_path)
     if args.names and len(args.names) != count:
         raise QACompressError("--names needs one name per --model_name_or_path")

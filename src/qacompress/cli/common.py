@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qacompress.core.errors import QACompressError
+from qacompress.ir.compile import precision_flag
 
 
 @dataclass
@@ -17,7 +18,7 @@ class ModelRef:
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Model directory (torch or OpenVINO IR)"})
     backend: str = field(default="auto", metadata={"help": "auto (IR if present), openvino or torch"})
-    inference_precision: str = field(default="f32", metadata={"help": "OpenVINO CPU precision: f32, bf16 or auto"})
+    inference_precision: str = precision_flag()
     batch_size: int = field(default=8, metadata={"help": "Features per model call"})
     output_dir: str | None = field(default=None, metadata={"help": "Where to write results (optional)"})
 

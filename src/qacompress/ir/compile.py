@@ -7,12 +7,25 @@ so that an IR agrees with its torch model, and lets the user choose (`auto` leav
 from __future__ import annotations
 
 import functools
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from qacompress.core.errors import ModelError
 
 PRECISIONS = ("f32", "bf16", "auto")
+
+
+def precision_flag() -> Any:
+    """The `--inference_precision` field of every command that runs an IR: declared here, once."""
+    return field(default="f32", metadata={"help": "OpenVINO CPU precision of the IR: f32, bf16 or auto"})
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if OpenVINO's CPU plugin takes it, else the one-line error (before any work starts)."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"--inference_precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 @functools.cache
@@ -33,8 +46,7 @@ def compile_ir(
 ) -> Any:
     """`model` (an `openvino.Model` or the path of an `.xml`) compiled for `device` with a performance
     `hint` (LATENCY or THROUGHPUT) and an inference `precision` (f32, bf16 or auto; CPU only)."""
-    if precision not in PRECISIONS:
-        raise ModelError(f"--inference_precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     config: dict[str, str] = {"PERFORMANCE_HINT": hint}
     if precision != "auto" and device == "CPU":
         config["INFERENCE_PRECISION_HINT"] = precision

@@ -22,6 +22,7 @@ from qacompress.core.settings import settings_from, with_flags
 from qacompress.data.arguments import DataTrainingArguments, load_split, split_source
 from qacompress.data.postprocess import DecodeSettings
 from qacompress.inference.evaluation import eval_data, score_model_dir
+from qacompress.ir.compile import precision_flag
 from qacompress.measure.report import compression_report
 from qacompress.model.architecture import require_layout
 from qacompress.model.loading import load_tokenizer
@@ -36,7 +37,7 @@ class _PruneCommand:
     output_dir: str | None = field(default=None, metadata={"help": "Where to write the pruned model"})
     quantize: bool = field(default=True, metadata={"help": "INT8 post-training quantization of the IR"})
     quantization_samples: int = field(default=300, metadata={"help": "Calibration features for INT8 ranges"})
-    inference_precision: str = field(default="f32", metadata={"help": "OpenVINO precision for evaluating the IR"})
+    inference_precision: str = precision_flag()
     device: str = field(
         default="auto", metadata={"help": "Where the Fisher scores and the re-fit run: auto (a CUDA GPU if there is one), cpu, cuda, cuda:N"}
     )

@@ -16,6 +16,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from qacompress.core.errors import QACompressError
 from qacompress.data.arguments import DataTrainingArguments
+from qacompress.ir.compile import check_precision, precision_flag
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ class QACompressTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Train into a non-empty output_dir that holds no checkpoint"}
     )
     export_openvino: bool = field(default=True, metadata={"help": "Write openvino_model.xml/.bin beside the model"})
-    inference_precision: str = field(
-        default="f32", metadata={"help": "OpenVINO CPU precision for evaluating the IR: f32, bf16 or auto"}
-    )
+    inference_precision: str = precision_flag()
 
     def __post_init__(self) -> None:
         if self.compression not in ("auto", "none"):
@@ -77,8 +76,7 @@ class QACompressTrainingArguments(TrainingArguments):
             raise QACompressError(f"--hidden_distillation_weight must be >= 0, got {self.hidden_distillation_weight}")
         if self.distillation_temperature < 1.0:
             raise QACompressError(f"--distillation_temperature must be >= 1, got {self.distillation_temperature}")
-        if self.inference_precision not in ("f32", "bf16", "auto"):
-            raise QACompressError(f"--inference_precision must be f32, bf16 or auto, got {self.inference_precision!r}")
+        check_precision(self.inference_precision)
         if (self.fp16 or self.fp16_full_eval) and not _has_accelerator():
             raise QACompressError(
                 "--fp16 needs a CUDA GPU (or another accelerator torch supports) and none is available; drop "
