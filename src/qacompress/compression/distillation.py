@@ -13,22 +13,34 @@ dynamic layer matching, without its learned projection since the hidden sizes ag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qacompress.core.errors import ModelError
+from qacompress.core.errors import ModelError, QACompressError
 
 
 @dataclass
 class DistillationConfig:
-    """Weight w in [0, 1] of the distillation term and softmax temperature T >= 1."""
+    """Weight w in [0, 1] of the distillation term, softmax temperature T >= 1, and the weight of the
+    layer-wise hidden-state term: also `train`'s flags of the same names (its arguments inherit them)."""
 
-    weight: float = 0.5
-    temperature: float = 2.0
-    hidden_weight: float = 0.0
+    distillation_weight: float = field(default=0.5, metadata={"help": "Weight w of the distillation loss, in [0, 1]"})
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T >= 1"})
+    hidden_distillation_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the teacher-student hidden-state MSE (layer-wise distillation; same hidden size)"},
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.distillation_weight <= 1.0:
+            raise QACompressError(f"--distillation_weight must be in [0, 1], got {self.distillation_weight}")
+        if self.hidden_distillation_weight < 0:
+            raise QACompressError(f"--hidden_distillation_weight must be >= 0, got {self.hidden_distillation_weight}")
+        if self.distillation_temperature < 1.0:
+            raise QACompressError(f"--distillation_temperature must be >= 1, got {self.distillation_temperature}")
 
 
 def distillation_loss(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from qacompress.compression.distillation import DistillationConfig
 from qacompress.core.errors import QACompressError
 from qacompress.data.arguments import DataTrainingArguments
 from qacompress.ir.compile import check_precision, precision_flag
@@ -39,8 +40,8 @@ class ModelArguments:
 
 
 @dataclass
-class QACompressTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus compression, distillation and export settings."""
+class QACompressTrainingArguments(DistillationConfig, TrainingArguments):
+    """`TrainingArguments` plus compression, distillation (`DistillationConfig`'s flags) and export settings."""
 
     nncf_compression_config: str | None = field(
         default=None,
@@ -53,12 +54,6 @@ class QACompressTrainingArguments(TrainingArguments):
             "none: plain FP32 fine-tuning (baselines, teachers)"
         },
     )
-    distillation_weight: float = field(default=0.5, metadata={"help": "Weight w of the distillation loss, in [0, 1]"})
-    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T >= 1"})
-    hidden_distillation_weight: float = field(
-        default=0.0,
-        metadata={"help": "Weight of the teacher-student hidden-state MSE (layer-wise distillation; same hidden size)"},
-    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into a non-empty output_dir that holds no checkpoint"}
     )
@@ -70,12 +65,7 @@ class QACompressTrainingArguments(TrainingArguments):
             raise QACompressError(f"--compression must be 'auto' or 'none', got {self.compression!r}")
         if self.compression == "none" and self.nncf_compression_config:
             raise QACompressError("--compression none contradicts --nncf_compression_config; pass one of them")
-        if not 0.0 <= self.distillation_weight <= 1.0:
-            raise QACompressError(f"--distillation_weight must be in [0, 1], got {self.distillation_weight}")
-        if self.hidden_distillation_weight < 0:
-            raise QACompressError(f"--hidden_distillation_weight must be >= 0, got {self.hidden_distillation_weight}")
-        if self.distillation_temperature < 1.0:
-            raise QACompressError(f"--distillation_temperature must be >= 1, got {self.distillation_temperature}")
+        DistillationConfig.__post_init__(self)  # neither base's __post_init__ calls the other's
         check_precision(self.inference_precision)
         if (self.fp16 or self.fp16_full_eval) and not _has_accelerator():
             raise QACompressError(
@@ -87,7 +77,7 @@ class QACompressTrainingArguments(TrainingArguments):
             # it, each torchrun process would train alone), and pinning memory would only warn.
             self.use_cpu = True
             self.dataloader_pin_memory = False
-        super().__post_init__()
+        TrainingArguments.__post_init__(self)
 
 
 def _has_accelerator() -> bool:

@@ -23,6 +23,7 @@ from qacompress.compression.config import CompressionConfig
 from qacompress.compression.distillation import DistillationConfig
 from qacompress.compression.quantization import is_quantized, quantize_model
 from qacompress.core.errors import QACompressError
+from qacompress.core.settings import settings_from
 from qacompress.data.features import input_columns
 from qacompress.data.postprocess import DecodeSettings
 from qacompress.training.arguments import QACompressTrainingArguments
@@ -136,9 +137,7 @@ def fit(
         processing_class=run.tokenizer,
         data_collator=run.data.collator,
         teacher=run.teacher,
-        distillation=DistillationConfig(
-            args.distillation_weight, args.distillation_temperature, args.hidden_distillation_weight
-        ),
+        distillation=settings_from(args, DistillationConfig),
         schedule_steps=schedule_steps,
         callbacks=callbacks,
     )

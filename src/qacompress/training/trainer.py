@@ -103,7 +103,7 @@ class QACompressTrainer(Trainer):
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ):
-        layerwise = self.teacher is not None and model.training and self.distillation.hidden_weight > 0
+        layerwise = self.teacher is not None and model.training and self.distillation.hidden_distillation_weight > 0
         outputs = model(**inputs, output_hidden_states=True) if layerwise else model(**inputs)
         task = outputs.loss.mean()  # DataParallel returns one loss per replica
         loss = task
@@ -116,17 +116,17 @@ class QACompressTrainer(Trainer):
             distill = distillation_loss(
                 (outputs.start_logits, outputs.end_logits),
                 (teacher_out.start_logits, teacher_out.end_logits),
-                self.distillation.temperature,
+                self.distillation.distillation_temperature,
                 inputs.get("attention_mask"),
             )
-            w = self.distillation.weight
+            w = self.distillation.distillation_weight
             loss = (1.0 - w) * task + w * distill
             parts["distillation_loss"] = distill.detach()
             if layerwise:
                 hidden = hidden_distillation_loss(
                     outputs.hidden_states, teacher_out.hidden_states, inputs.get("attention_mask")
                 )
-                loss = loss + self.distillation.hidden_weight * hidden
+                loss = loss + self.distillation.hidden_distillation_weight * hidden
                 parts["hidden_distillation_loss"] = hidden.detach()
         pruner = self.pruner
         if pruner is not None and model.training:
