@@ -36,6 +36,7 @@ WARMUP_RESULTS = "warmup_results.json"  # phase-1 metrics, kept for a run resume
 COMPRESS_PLAN = "compress_plan.json"  # the precision that pays here and the latency budget, measured once
 COMPRESS_CONFIG = "compress_config.json"  # the compression config its training runs
 COMPRESS_REPORT = "compress_report.json"  # and compress_report.png
+COMPRESS_WALL = "compress_wall.json"  # wall time per phase, summed over the invocations of a resumed run
 COMPRESS_LOCK = ".qacompress-lock"  # held while a run writes the folder
 
 #: Files a model folder may hold that a new export must replace or remove.

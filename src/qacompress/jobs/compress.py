@@ -22,11 +22,13 @@ docs/results.md, until the evidence protocol of `benchmarks/protocol.py` chooses
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from qacompress.core.ondisk import (
     COMPRESS_LOCK,
     COMPRESS_PLAN,
     COMPRESS_REPORT,
+    COMPRESS_WALL,
     FINETUNE_DIR,
     PRUNED_DIR,
 )
@@ -169,37 +172,44 @@ def run_compress(
     with atomic.file_lock(out / COMPRESS_LOCK, on_busy=busy):
         if args.overwrite_output_dir:  # start afresh: an earlier run's plan, selection and checkpoints go
             (out / COMPRESS_PLAN).unlink(missing_ok=True)
+            (out / COMPRESS_WALL).unlink(missing_ok=True)
             for stale in (out / PRUNED_DIR, out / FINETUNE_DIR, *out.glob("checkpoint-*")):
                 shutil.rmtree(stale, ignore_errors=True)
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        tokenizer = load_tokenizer(model_path)
-        _check_inputs(settings, model_path, tokenizer, data_args)
-        timings["checks_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        plan = _plan(out, model_path, data_args.max_seq_length, settings)
-        timings["plan_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        metrics = _recover(out, plan, settings, model_args, data_args, args)
-        timings["recovery_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        report = _report(out, plan, model_path, data_args, metrics, args.seed)
-        timings["report_s"] = time.perf_counter() - t0
-        report.update(command=command, cpu=cpu_info(), cpu_line=describe(), wall_time_s={k: round(v, 1) for k, v in timings.items()})
+        with _phase(out, "checks"):
+            tokenizer = load_tokenizer(model_path)
+            _check_inputs(settings, model_path, tokenizer, data_args)
+        with _phase(out, "plan"):
+            plan = _plan(out, model_path, data_args.max_seq_length, settings)
+        with _phase(out, "recovery"):
+            metrics = _recover(out, plan, settings, model_args, data_args, args)
+        with _phase(out, "report"):
+            report = _report(out, plan, model_path, data_args, metrics, args.seed)
+        report.update(command=command, cpu=cpu_info(), cpu_line=describe(), wall_time_s=atomic.read_json(out / COMPRESS_WALL))
         atomic.write_json(out / COMPRESS_REPORT, report)
         _plot(report, out / COMPRESS_REPORT.replace(".json", ".png"))
         return report
 
 
+@contextlib.contextmanager
+def _phase(out: Path, name: str) -> Iterator[None]:
+    """Add the phase's wall time to `OUT/compress_wall.json`, also when it is interrupted: a resumed run
+    reports the time of all its invocations."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        path = out / COMPRESS_WALL
+        spent = atomic.read_json(path) if path.is_file() else {}
+        spent[f"{name}_s"] = round(spent.get(f"{name}_s", 0.0) + time.perf_counter() - started, 1)
+        atomic.write_json(path, spent)
+
+
 # ---- 1. checks ----------------------------------------------------------------------------------------
 def _check_output_dir(out: Path, overwrite: bool) -> None:
     """A folder of something else is refused (as `train` refuses it); one of an earlier compress run resumes."""
-    if not out.is_dir() or overwrite or (out / COMPRESS_PLAN).is_file() or not any(out.iterdir()):
+    if not out.is_dir() or overwrite or (out / COMPRESS_PLAN).is_file():
         return
-    if [p.name for p in out.iterdir()] == [COMPRESS_LOCK]:
+    if {p.name for p in out.iterdir()} <= {COMPRESS_LOCK, COMPRESS_WALL}:  # empty, or a run refused at its checks
         return
     raise QACompressError(
         f"output directory {out} already exists, is not empty and holds no compress run to resume; "
