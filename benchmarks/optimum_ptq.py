@@ -48,11 +48,14 @@ def prepare(model_dir: str, train_file: str, out: Path, samples: int, max_seq_le
 
 
 def ensure_venv() -> Path:
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
-        subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
+    """optimum-intel's venv; a stamp marks it complete, so an interrupted install is redone, not trusted."""
+    python, stamp = VENV / "bin" / "python", VENV / "installed.txt"
+    if stamp.is_file() and stamp.read_text().split() == PACKAGES:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
+    stamp.write_text("\n".join(PACKAGES) + "\n")
     return python
 
 
