@@ -103,6 +103,16 @@ def rows() -> list[dict]:
     ]
 
 
+def _wall_file(row: dict) -> Path:
+    return OUT / f"{slug(row['name'])}.wall.json"
+
+
+def wall_seconds(row: dict) -> float | None:
+    """The row's command's wall time, summed over its invocations (None before the first ends)."""
+    path = _wall_file(row)
+    return atomic.read_json(path)["seconds"] if path.is_file() else None
+
+
 def run(row: dict) -> None:
     """Run a row's command to the end (it resumes by itself), logging to OUT/<name>.log."""
     command = row["command"]
@@ -114,19 +124,27 @@ def run(row: dict) -> None:
     with open(log, "a") as handle:
         done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     # Wall time adds up over the invocations of a row that was interrupted and resumed.
-    wall = OUT / f"{slug(row['name'])}.wall.json"
-    spent = atomic.read_json(wall)["seconds"] if wall.is_file() else 0.0
-    atomic.write_json(wall, {"seconds": round(spent + time.perf_counter() - started, 1)})
+    spent = wall_seconds(row) or 0.0
+    atomic.write_json(_wall_file(row), {"seconds": round(spent + time.perf_counter() - started, 1)})
     if done.returncode != 0:
         raise SystemExit(f"{row['name']} failed (exit {done.returncode}); see {log}")
 
 
+def is_done(row: dict) -> bool:
+    return "done" not in row or row["done"].exists()
+
+
 def rows_file(table: list[dict]) -> Path:
-    """The protocol's rows file: dev-10k at length 256, every row, its command."""
+    """The protocol's rows file: dev-10k at length 256, every finished row, its command. Rows still to run
+    are left out (and named), so the rows done so far can be measured while the others train."""
+    pending = [row["name"] for row in table if not is_done(row)]
+    if pending:
+        print(f"left out of the rows file, not run yet: {', '.join(pending)}")
     spec = {
         "validation_file": DEV, "max_seq_length": 256, "doc_stride": 128, "reference": "reference",
         "rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in row.items() if k not in ("done", "command")}
-                 | ({"command": shlex.join(row["command"])} if "command" in row else {}) for row in table],
+                 | ({"command": shlex.join(row["command"]), "wall_s": wall_seconds(row)} if "command" in row else {})
+                 for row in table if is_done(row)],
     }  # fmt: skip
     path = OUT / "rows.json"
     atomic.write_json(path, spec)
@@ -143,7 +161,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise SystemExit(f"no such row: {sorted(unknown)}; --list shows them")
     for row in table:
-        state = "done" if "done" not in row or row["done"].exists() else "to run"
+        state = "done" if is_done(row) else "to run"
         if args.list:
             print(f"{row['name']} [{state}]" + (f"\n    {shlex.join(row['command'])}" if "command" in row else ""))
         elif state == "to run" and (not args.only or row["name"] in args.only):

@@ -100,6 +100,13 @@ def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
                 "--teacher_model_name_or_path" in command or command[1] == "compress"
             ), (row["name"], row["control"])
     assert len({r["seed"] for r in table.values() if r.get("group") == "recipe b"}) >= 2
+    # Only finished rows go to the protocol, with their commands' wall time summed over invocations.
+    qat = table["QAT"]
+    qat["done"].parent.mkdir(parents=True)
+    qat["done"].write_text("{}")
+    evidence.atomic.write_json(evidence._wall_file(qat), {"seconds": 61.5})
     rows = json.loads(evidence.rows_file(list(table.values())).read_text())
     names = [r["name"] for r in rows["rows"]]
     assert rows["reference"] in names and len(set(names)) == len(names)
+    assert names == ["reference", "QAT"], names
+    assert rows["rows"][1]["wall_s"] == 61.5 and "qacompress train" in rows["rows"][1]["command"], rows["rows"][1]
