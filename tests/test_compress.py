@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, minilm_dir, squad_doc, write_json
 
 from qacompress.cli import main
 from qacompress.compression.checkpoint import load_qa_model
@@ -21,8 +22,6 @@ from qacompress.data.features import prepare_eval_features
 from qacompress.data.squad import load_examples
 from qacompress.jobs.compress import NEAR_UNIFORM
 from qacompress.model.loading import load_tokenizer
-
-from conftest import REPO_ROOT, minilm_dir, squad_doc, write_json
 
 SEQ = 64
 

@@ -567,3 +567,16 @@ def test_train_selects_by_fisher_then_finetunes_with_qat(tiny_bert_dir, squad_di
     ]
     results = json.loads((out / "all_results.json").read_text())
     assert "eval_f1" in results and "eval_openvino_f1" in results
+
+    # --overwrite_output_dir with another budget selects again and trains from the first step: the
+    # earlier run's pruned model and checkpoints are not reused.
+    config.write_text(json.dumps([{**FISHER_QAT[0], "target_macs": 0.3}]))
+    assert main([
+        "train", "--model_name_or_path", str(tiny_bert_dir), "--train_file", str(squad_dir / "v1.1" / "train.json"),
+        "--do_train", "--max_train_samples", "16", "--max_seq_length", str(SEQ), "--doc_stride", "16",
+        "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_steps", "100", "--disable_tqdm", "true",
+        "--nncf_compression_config", str(config), "--overwrite_output_dir", "--output_dir", str(out),
+    ]) == 0  # fmt: skip
+    again = json.loads((out / "compression_report.json").read_text())
+    assert again["pruning"]["encoder_macs_fraction"] <= 0.3 < report["pruning"]["encoder_macs_fraction"], (again["pruning"], report["pruning"])
+    assert json.loads((out / "finetune" / "trainer_state.json").read_text())["global_step"] == 2

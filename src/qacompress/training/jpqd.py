@@ -41,7 +41,7 @@ from qacompress.core.ondisk import (
 )
 from qacompress.model.surgery import current_sizes
 from qacompress.training.phases import Run, fit, resolve_resume, steps_per_epoch, total_steps
-from qacompress.training.pruned import barrier, finetune_pruned, freeze_zeros
+from qacompress.training.pruned import barrier, finetune_pruned, freeze_zeros, start_afresh
 from qacompress.training.trainer import MovementScheduleCallback
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def train_jpqd(run: Run) -> tuple[nn.Module, dict]:
     mconfig = compression.movement_sparsity
     per_epoch, warmup_end, total = plan_steps(compression, args, len(data.train_features))
     out = Path(args.output_dir)
+    start_afresh(args)
     metrics: dict[str, Any] = {}
 
     if not (out / PRUNED_DIR / "config.json").is_file():

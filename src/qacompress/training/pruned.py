@@ -5,6 +5,8 @@ when the config has them, and distillation) to the end of the run's schedule."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from qacompress.compression.checkpoint import load_compression_state, load_qa_mo
 from qacompress.core.ondisk import FINETUNE_DIR, FROZEN_MASKS, PRUNED_DIR, REPORT
 from qacompress.measure.report import compression_report
 from qacompress.training.phases import Run, fit, resolve_resume, with_quantizers
+
+logger = logging.getLogger(__name__)
 
 
 def freeze_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -72,3 +76,16 @@ def barrier(args: Any) -> None:
     """Wait for every process: rank 0 writes `output_dir/pruned`, which all of them load next."""
     if args.world_size > 1:
         torch.distributed.barrier()
+
+
+def start_afresh(args: Any) -> None:
+    """With `--overwrite_output_dir` a pruning run starts from its first step: an earlier run's pruned
+    model and checkpoints go, else its selection (made under another config) would be kept, and a later
+    resume would pick up its checkpoints."""
+    if args.overwrite_output_dir and args.should_save:
+        out = Path(args.output_dir)
+        for stale in (out / PRUNED_DIR, out / FINETUNE_DIR, *out.glob("checkpoint-*")):
+            if stale.is_dir():
+                logger.info("--overwrite_output_dir: removing %s of an earlier run", stale)
+                shutil.rmtree(stale)
+    barrier(args)

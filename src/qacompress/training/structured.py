@@ -15,7 +15,7 @@ from qacompress.compression.pruning import feature_batches, fisher_prune
 from qacompress.core.ondisk import FROZEN_MASKS, KEPT, PRUNED_DIR, REPORT
 from qacompress.model.surgery import current_sizes
 from qacompress.training.phases import Run, total_steps
-from qacompress.training.pruned import barrier, finetune_pruned, freeze_zeros
+from qacompress.training.pruned import barrier, finetune_pruned, freeze_zeros, start_afresh
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def train_structured(run: Run) -> tuple[nn.Module, dict]:
     sconfig = compression.structured_pruning
     total = total_steps(len(data.train_features), args)
     out = Path(args.output_dir)
+    start_afresh(args)
     if not (out / PRUNED_DIR / "config.json").is_file() and args.should_save:
         model = load_qa_model(run.model_path, **run.load).to(args.device)  # the selection runs where training will
         count = min(sconfig.num_samples, len(data.train_features))
