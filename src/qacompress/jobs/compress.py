@@ -79,8 +79,8 @@ NEAR_UNIFORM = 0.9
 #: hidden-state distillation), until the evidence protocol chooses them.
 COMPRESS_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1.2e-4,
-    "num_train_epochs": 2.0,
-    "per_device_train_batch_size": 16,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
     "warmup_steps": 0.1,
     "max_seq_length": 256,
