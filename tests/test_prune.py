@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import re
 
 import numpy as np
@@ -254,7 +255,7 @@ def test_prune_command_end_to_end(request, fixture, squad_dir, tmp_path):
     assert agree >= 0.5, agree
 
 
-def test_latency_fit_recovers_unit_costs():
+def test_latency_fit_recovers_unit_costs(caplog):
     """ms = 0.3 + 0.05 * heads + 0.002 * neurons per layer; a 2-layer model measuring 1.5 ms."""
     points = [{"heads": h, "neurons": n, "ms": 0.3 + 0.05 * h + 0.002 * n} for h, n in
               [(1, 64), (2, 64), (4, 64), (4, 1), (4, 32)]]  # fmt: skip
@@ -266,6 +267,10 @@ def test_latency_fit_recovers_unit_costs():
     # Noise that makes a unit look free is floored at a small positive cost.
     noisy = [dict(p, ms=0.5) for p in points]
     assert fit_unit_costs(noisy, 1.5, sizes).head > 0
+    # Layer timings that explain more than the whole model measures leave no fixed cost, and say so.
+    with caplog.at_level(logging.WARNING, logger="qacompress.compression.latency"):
+        assert fit_unit_costs(points, 0.5, sizes).fixed == 0.0
+    assert "more than the whole model's measured 0.50 ms" in caplog.text, caplog.text
 
 
 # ---- latency budgets ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ were up to 3.2x apart; interleaved, 1.03x: `benchmarks/latency_table.py`).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -35,6 +36,8 @@ from qacompress.ir.compile import compile_ir
 from qacompress.ir.ptq import quantize_ir
 from qacompress.model.architecture import input_names, require_layout
 from qacompress.model.surgery import LayerKeep, current_sizes, prune_
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,4 +155,9 @@ def fit_unit_costs(points: list[dict[str, float]], full_model_ms: float, sizes: 
     per_head = max(float(per_head), 0.01 * float(ms.mean()) / heads)
     per_neuron = max(float(per_neuron), 0.01 * float(ms.mean()) / neurons)
     variable = sum(per_head * s["heads"] + per_neuron * s["intermediate_size"] for s in sizes)
+    if variable > full_model_ms:
+        logger.warning(
+            "the one-layer timings give the units %.2f ms, more than the whole model's measured %.2f ms: the fixed "
+            "cost is taken as 0, and the latency target is a share of the units' modelled cost", variable, full_model_ms,
+        )  # fmt: skip
     return UnitCosts(head=per_head, neuron=per_neuron, fixed=max(0.0, float(full_model_ms) - variable))
