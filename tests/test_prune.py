@@ -430,6 +430,20 @@ def test_a_latency_target_below_the_fixed_cost_is_one_line_naming_the_smallest_r
     ] and "Traceback" not in err, err
     assert not (out / "model.safetensors").exists() and not (out / "openvino_model.xml").exists()
 
+    # The same budget in a `structured_pruning` section of `train`: the line names the file and its key.
+    config = tmp_path / "fisher.json"
+    config.write_text(json.dumps([{"algorithm": "structured_pruning", "target_latency": 0.01, "num_samples": 8}]))
+    assert main([
+        "train", "--model_name_or_path", str(tiny_bert_dir), "--train_file", str(squad_dir / "v1.1" / "train.json"),
+        "--do_train", "--max_train_samples", "8", "--max_seq_length", str(SEQ), "--doc_stride", "16", "--max_steps", "1",
+        "--nncf_compression_config", str(config), "--output_dir", str(tmp_path / "run"),
+    ]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("qacompress: error")] == [
+        f"qacompress: error: {config}: structured_pruning target_latency 0.01 is below the fixed cost: the smallest "
+        "reachable is 0.317"
+    ] and "Traceback" not in err, err
+
     assert prune_cli(tiny_bert_dir, out, squad_dir, "--target_latency", "0.317", *timing) == 0
     pruning = json.loads((out / "compression_report.json").read_text())["pruning"]
     # 0.317 x 4.8 ms leaves 0.0016 ms beyond the fixed cost: not one 0.01 ms neuron.

@@ -12,6 +12,7 @@ from torch import nn
 from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.export import save_model_dir
 from qacompress.compression.pruning import feature_batches, fisher_prune
+from qacompress.core.errors import BudgetError
 from qacompress.core.ondisk import FROZEN_MASKS, KEPT, PRUNED_DIR, REPORT
 from qacompress.model.surgery import current_sizes
 from qacompress.training.phases import Run, total_steps
@@ -39,7 +40,14 @@ def train_structured(run: Run) -> tuple[nn.Module, dict]:
             sconfig, seq_length=data.max_seq_length, quantized_latency=compression.quantization is not None,
             batch_size=args.per_device_eval_batch_size, seed=args.seed,
         )  # fmt: skip
-        result = fisher_prune(model, feature_batches(features, run.tokenizer, config.batch_size), config)
+        try:
+            result = fisher_prune(model, feature_batches(features, run.tokenizer, config.batch_size), config)
+        except BudgetError as exc:  # name the config key the user wrote, not prune's flag
+            kind, fraction = config.constraint
+            raise BudgetError(
+                f"{compression.source}: structured_pruning target_{kind} {fraction} is below the fixed cost: the "
+                f"smallest reachable is {exc.smallest:.3f}", fraction=exc.fraction, smallest=exc.smallest,
+            ) from None  # fmt: skip
         freeze_zeros(result.model, result.frozen)
         logger.info("after Fisher selection: %s", current_sizes(result.model))
         save_model_dir(
