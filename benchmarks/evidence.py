@@ -18,6 +18,7 @@ runs the same arithmetic. The recipes' settings here are provisional (docs/compr
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
@@ -32,7 +33,15 @@ from qacompress.core import atomic  # noqa: E402
 
 REFERENCE = "benchmarks/reference/minilm-squad12k"
 OUT = WORK / "evidence"
-TRAIN, DEV = f"{SQUAD}/train-12k.json", f"{SQUAD}/dev-10k.json"
+
+
+def rel(path: Path | str) -> str:
+    """A path as the commands see it (they run in the repository root): relative, so that the committed
+    rows and commands name no one's home directory."""
+    return os.path.relpath(path, ROOT)
+
+
+TRAIN, DEV = rel(f"{SQUAD}/train-12k.json"), rel(f"{SQUAD}/dev-10k.json")
 STEPS = 416  # one epoch of train-12k (13,290 features at length 256, stride 128) at batch 32
 DATA = ["--train_file", TRAIN, "--max_seq_length", "256", "--doc_stride", "128"]
 SCHEDULE = ["--max_steps", str(STEPS), "--per_device_train_batch_size", "32", "--warmup_steps", "0.1",
@@ -67,19 +76,19 @@ def rows() -> list[dict]:
     def train(name: str, *flags: str, seed: int = 42, **row) -> dict:
         out = OUT / slug(name)
         cmd = ["qacompress", "train", "--model_name_or_path", REFERENCE, *DATA, "--do_train", *SCHEDULE,
-               "--seed", str(seed), *flags, "--output_dir", str(out)]  # fmt: skip
+               "--seed", str(seed), *flags, "--output_dir", rel(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "all_results.json", "seed": seed, **row}
 
     def compress(name: str, seed: int, **row) -> dict:
         out = OUT / slug(name)
         cmd = ["qacompress", "compress", "--model_name_or_path", REFERENCE, *DATA, "--target_speedup", "2",
-               *SCHEDULE, *RECOVERY_LR, "--seed", str(seed), "--output_dir", str(out)]  # fmt: skip
+               *SCHEDULE, *RECOVERY_LR, "--seed", str(seed), "--output_dir", rel(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "compress_report.json", "seed": seed, **row}
 
     def prune(name: str, macs: str, **row) -> dict:
         out = OUT / slug(name)
         cmd = ["qacompress", "prune", "--model_name_or_path", REFERENCE, *DATA, "--max_train_samples", "2000",
-               "--target_macs", macs, "--output_dir", str(out)]  # fmt: skip
+               "--target_macs", macs, "--output_dir", rel(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "prune_results.json", **row}
 
     fp32_ir, optimum = OUT / "reference-fp32-ir", OUT / "optimum-intel-ptq"
@@ -87,18 +96,18 @@ def rows() -> list[dict]:
         {"name": "reference", "dir": Path(REFERENCE), "backend": "torch"},
         {"name": "reference FP32 IR", "dir": fp32_ir, "done": fp32_ir / "openvino_model.xml", "unpruned_ir": True,
          "command": ["qacompress", "export", "--model_name_or_path", REFERENCE, "--variant", "fp32",
-                     "--output_dir", str(fp32_ir)]},  # fmt: skip
+                     "--output_dir", rel(fp32_ir)]},  # fmt: skip
         prune("INT8 PTQ", "1.0", unpruned_ir=True),
         {"name": "optimum-intel 2.2 PTQ", "dir": optimum, "done": optimum / "openvino_model.xml", "unpruned_ir": True,
          "command": ["python", "benchmarks/optimum_ptq.py", "all", "--model_dir", REFERENCE, "--train_file", TRAIN,
-                     "--output_dir", str(optimum)]},  # fmt: skip
+                     "--output_dir", rel(optimum)]},  # fmt: skip
         prune("prune 0.7 (no training)", "0.7"),
         train("FP32 control", "--compression", "none", *QAT_LR),
         train("QAT", *QAT_LR, control="FP32 control"),
         train("FP32 control (distilled)", "--compression", "none", *DISTIL, *RECOVERY_LR),
         compress("recipe b, seed 42", 42, group="recipe b", control="FP32 control (distilled)"),
         compress("recipe b, seed 43", 43, group="recipe b", control="FP32 control (distilled)"),
-        train("recipe a (JPQD)", "--nncf_compression_config", str(JPQD_CONFIG), *DISTIL, *RECOVERY_LR,
+        train("recipe a (JPQD)", "--nncf_compression_config", rel(JPQD_CONFIG), *DISTIL, *RECOVERY_LR,
               control="FP32 control (distilled)"),
     ]
 
@@ -116,7 +125,7 @@ def wall_seconds(row: dict) -> float | None:
 def run(row: dict) -> None:
     """Run a row's command to the end (it resumes by itself), logging to OUT/<name>.log."""
     command = row["command"]
-    if str(JPQD_CONFIG) in command:
+    if rel(JPQD_CONFIG) in command:
         write_jpqd_config()
     log = OUT / f"{slug(row['name'])}.log"
     print(f"== {row['name']}: {shlex.join(command)}\n   log: {log}", flush=True)
@@ -142,7 +151,7 @@ def rows_file(table: list[dict]) -> Path:
         print(f"left out of the rows file, not run yet: {', '.join(pending)}")
     spec = {
         "validation_file": DEV, "max_seq_length": 256, "doc_stride": 128, "reference": "reference",
-        "rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in row.items() if k not in ("done", "command")}
+        "rows": [{k: (rel(v) if isinstance(v, Path) else v) for k, v in row.items() if k not in ("done", "command")}
                  | ({"command": shlex.join(row["command"]), "wall_s": wall_seconds(row)} if "command" in row else {})
                  for row in table if is_done(row)],
     }  # fmt: skip
