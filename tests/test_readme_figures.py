@@ -60,7 +60,8 @@ SCIENTIFIC = re.compile(r"(?<![\w.])\d+(?:\.\d+)?e[-+]?\d+")
 DERIVED_HEADER = re.compile(r"% of|\bx FP32\b|speed-up|\bratio\b|\bvs\b|\bshare\b|\bminus\b", re.IGNORECASE)
 MEAN_HEADER = re.compile(r"\bmean\b", re.IGNORECASE)
 TIME_KEY = re.compile(r"runtime|second|_s$|_s\.|duration|time|wall", re.IGNORECASE)
-RATIO_KEY = re.compile(r"ratio|share|speed|_over_|pct|percent|fraction|spread|mean|^targets$", re.IGNORECASE)
+# a paired difference and its interval (`f1_vs_reference.{diff,low,high}`) counts as derived too
+RATIO_KEY = re.compile(r"ratio|share|speed|_over_|pct|percent|fraction|spread|mean|^targets$|_vs_", re.IGNORECASE)
 MAX_FIGURE_LIST = 6  # longer lists of numbers are raw data (kept neuron indices), not quotable figures
 
 
@@ -212,7 +213,7 @@ def figures_of(cell: str) -> list[Figure]:
         whole, decimals, x = m.groups()
         value = float(whole.replace(",", "") + ("." + decimals if decimals else ""))
         before = text[: m.start()]
-        signed = bool(re.search(r"(?:^|[\s(])[-+−±]$", before))
+        signed = bool(re.search(r"(?:^|[\s(\[])[-+−±]$", before))  # "+0.10 [-0.19, +0.36]"
         if signed and before[-1] in "-−":
             value = -value
         unit = UNIT_AFTER.match(text, m.end())
