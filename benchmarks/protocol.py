@@ -43,8 +43,10 @@ LATENCY_FEATURES = 2000
 
 
 def _cache_path(row: dict, spec: dict) -> Path:
-    key = json.dumps([row["dir"], row.get("backend", "auto"), spec["validation_file"], spec["max_seq_length"],
-                      spec["doc_stride"], spec.get("max_samples"), cpu_info()["name"]], sort_keys=True)  # fmt: skip
+    # Paths resolved: the same model and data, however the rows file spells them.
+    where = [str(Path(row["dir"]).resolve()), str(Path(spec["validation_file"]).resolve())]
+    key = json.dumps([*where, row.get("backend", "auto"), spec["max_seq_length"], spec["doc_stride"],
+                      spec.get("max_samples"), cpu_info()["name"]], sort_keys=True)  # fmt: skip
     return Path(spec.get("cache_dir", WORK / "protocol")) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
