@@ -114,6 +114,10 @@ def _interval(entry: dict, key: str) -> str:
     return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d else "-"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
@@ -123,13 +127,14 @@ def markdown(summary: list[dict], seed_groups: dict[str, dict], spec: dict) -> s
     lines = [f"{questions} questions of `{Path(spec['validation_file']).name}`, length {spec['max_seq_length']}; "
              "differences: row minus reference (or minus its control), paired bootstrap 95% interval", "",
              "| row | backend | EM | F1 | F1 vs reference | EM vs reference | F1 vs control | b1 ms (len 256) | "
-             "real lengths b1 p50 ms | x reference | MB | command wall |", "|" + "---|" * 12]  # fmt: skip
+             "real lengths b1 p50 ms | x reference | x best unpruned IR | MB | command wall |", "|" + "---|" * 13]  # fmt: skip
     for e in summary:
         control = f"{_interval(e, 'f1_vs_control')} ({e['control']})" if e.get("control") else "-"
         lines.append(
             f"| {e['name']} | {e['backend']} | {e['exact_match']:.2f} | {e['f1']:.2f} | {_interval(e, 'f1_vs_reference')} | "
             f"{_interval(e, 'exact_match_vs_reference')} | {control} | {e['b1_ms']:.1f} | {e['real_length']['p50_ms']:.1f} | "
-            f"{e['latency_vs_reference']:.2f} | {e['size_mb']:.1f} | {_minutes(e['wall_s'])} |"
+            f"{e['latency_vs_reference']:.2f} | {_ratio(e.get('latency_vs_best_unpruned_ir'))} | {e['size_mb']:.1f} | "
+            f"{_minutes(e['wall_s'])} |"
         )  # fmt: skip
     for name, g in seed_groups.items():
         lines.append(f"\n{name}: seeds {g['seeds']}, F1 mean {g['f1_mean']:.2f} (min {g['f1_min']:.2f}, max "
