@@ -1,6 +1,6 @@
 """The evidence protocol: every row scored on the same questions, its F1/EM minus the reference's with a
 paired bootstrap 95% interval, beside its budget-matched control where it has one, seeds summarised,
-and every row's latency measured in this one run on the CPU at hand.
+and every row's latency measured in this one run on the CPU at hand (scores are cached, latencies never).
 
     python benchmarks/protocol.py benchmarks/protocol_rows.json --name evidence_minilm
 
@@ -15,8 +15,9 @@ The rows file (JSON) names the data and the models:
 A row is a model directory (its IR unless `"backend": "torch"`); `control` names the row trained for
 the same extra steps without compression; rows that share a `group` are seeds of one recipe and get a
 mean and spread; `"unpruned_ir": true` marks the unpruned IRs (FP32, INT8), the fastest of which is what
-pruned rows' speed-ups are measured against. Each row's measurement is kept under `benchmarks/work/protocol/` as it finishes, so
-an interrupted run starts again where it stopped. Writes `benchmarks/results/<name>.json` and `.md`.
+pruned rows' speed-ups are measured against. Each row's scores are kept under `benchmarks/work/protocol/`
+as they finish, so an interrupted run starts again where it stopped; latencies are measured afresh in
+every run, all rows one after another, so that no table mixes timings of two runs. Writes `benchmarks/results/<name>.json` and `.md`.
 """
 
 from __future__ import annotations
@@ -50,19 +51,37 @@ def _cache_path(row: dict, spec: dict) -> Path:
     return Path(spec.get("cache_dir", WORK / "protocol")) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
-def measure_row(row: dict, spec: dict) -> dict:
-    """The row's scores (per question too), latencies and size; from the cache when this CPU measured it."""
+def _validation(spec: dict, **what) -> dict:
+    return {"file": spec["validation_file"], "max_seq_length": spec["max_seq_length"], "doc_stride": spec["doc_stride"],
+            "max_samples": spec.get("max_samples"), **what}  # fmt: skip
+
+
+def measure_scores(row: dict, spec: dict) -> dict:
+    """The row's EM/F1, per question too, and size; kept under the cache as it finishes (an interrupted
+    run starts again where it stopped) and read back when this CPU scored the same model on the same data."""
     cache = _cache_path(row, spec)
     if cache.is_file():
         return json.loads(cache.read_text())
-    settings = BenchmarkSettings(batch_sizes=(1,), seq_lengths=(SEQ_LENGTH,), throughput_seconds=0)
-    validation = {"file": spec["validation_file"], "max_seq_length": spec["max_seq_length"], "doc_stride": spec["doc_stride"],
-                  "max_samples": spec.get("max_samples"), "per_question": True,
-                  "latency_features": spec.get("latency_features", LATENCY_FEATURES)}  # fmt: skip
+    settings = BenchmarkSettings(batch_sizes=(), seq_lengths=(), throughput_seconds=0)
     result = measure_model(row["dir"], name=row["name"], backend=row.get("backend", "auto"), settings=settings,
-                           validation=validation)  # fmt: skip
+                           validation=_validation(spec, per_question=True, latency_features=0))  # fmt: skip
     atomic.write_json(cache, result)
     return result
+
+
+def measure_latency(row: dict, spec: dict) -> dict:
+    """The row's batch-1 latency at length 256 and over the first real features, never cached: every
+    row of a table is timed in the same run, one after another, so their latencies compare."""
+    settings = BenchmarkSettings(batch_sizes=(1,), seq_lengths=(SEQ_LENGTH,), throughput_seconds=0)
+    validation = _validation(spec, scores=False, latency_features=spec.get("latency_features", LATENCY_FEATURES))
+    return measure_model(row["dir"], name=row["name"], backend=row.get("backend", "auto"), settings=settings,
+                         validation=validation)  # fmt: skip
+
+
+def measure_row(row: dict, spec: dict) -> dict:
+    """Scores (cached) and latencies (measured now) of one row, as one result."""
+    timed = measure_latency(row, spec)
+    return measure_scores(row, spec) | {key: timed[key] for key in ("backend", "latency_ms", "real_length", "peak_rss_mb")}
 
 
 def compare(rows: dict[str, dict], spec: dict) -> list[dict]:
@@ -152,8 +171,11 @@ def main(argv: list[str]) -> int:
     if spec["reference"] not in names or len(set(names)) != len(names):
         raise SystemExit(f"{args.rows}: row names must be unique and include the reference {spec['reference']!r}")
     rows = {}
+    for row in spec["rows"]:  # scores first (cached), then every latency in one pass
+        print(f"scoring {row['name']} ({row['dir']})", flush=True)
+        measure_scores(row, spec)
     for row in spec["rows"]:
-        print(f"measuring {row['name']} ({row['dir']})", flush=True)
+        print(f"timing {row['name']}", flush=True)
         rows[row["name"]] = measure_row(row, spec)
     summary = compare(rows, spec)
     seed_groups = groups(summary)

@@ -110,26 +110,27 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
             path, inputs, seconds=settings.throughput_seconds, precision=settings.precision
         )
     if validation:
-        result.metrics, features, result.question_scores = _accuracy(path, runner, validation)
-        timed = validation.get("latency_features")
-        result.real_length = real_length_latency(runner, features.select(range(min(timed, len(features)))) if timed else features)
+        examples, features = eval_data(
+            validation["file"], load_tokenizer(path), max_seq_length=validation["max_seq_length"],
+            doc_stride=validation["doc_stride"], max_samples=validation.get("max_samples"), pad_to_max_length=False,
+        )  # fmt: skip
+        if validation.get("scores", True):
+            result.metrics, result.question_scores = _accuracy(runner, examples, features, validation.get("per_question", False))
+        timed = validation.get("latency_features")  # None: every feature; 0: no real-length latency
+        if timed is None or timed > 0:
+            result.real_length = real_length_latency(runner, features.select(range(min(timed or len(features), len(features)))))
     result.peak_rss_mb = peak_rss_mb()
     return asdict(result)
 
 
-def _accuracy(path: str, runner, validation: dict) -> tuple[dict[str, float], object, dict[str, dict[str, float]]]:
-    """EM/F1 (and timings) on the validation file; also returns its features (for `real_length_latency`)
-    and, with `validation["per_question"]`, each question's scores (else {})."""
-    examples, features = eval_data(
-        validation["file"], load_tokenizer(path), max_seq_length=validation["max_seq_length"],
-        doc_stride=validation["doc_stride"], max_samples=validation.get("max_samples"), pad_to_max_length=False,
-    )  # fmt: skip
+def _accuracy(runner, examples, features, per_question: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """EM/F1 (and timings) on the validation features and, with `per_question`, each question's scores (else {})."""
     predictions, metrics = evaluate_runner(runner, examples, features, DecodeSettings(), progress=False)
     kept = {k: metrics[k] for k in ("exact_match", "f1", "model_runtime", "postprocess_runtime")}
-    if not validation.get("per_question"):
-        return kept, features, {}
+    if not per_question:
+        return kept, {}
     exact, f1, _ = question_scores(predictions.answers, gold_answers(examples))
-    return kept, features, {"exact_match": exact, "f1": f1}
+    return kept, {"exact_match": exact, "f1": f1}
 
 
 def real_length_latency(runner, features, warmup: int = 3) -> dict[str, float]:
@@ -164,7 +165,11 @@ def measure_model(
     path: str, *, name: str | None = None, backend: str = "auto", settings: BenchmarkSettings | None = None,
     validation: dict | None = None,
 ) -> dict:
-    """Measure one model in a fresh process (so that peak memory is its own)."""
+    """Measure one model in a fresh process (so that peak memory is its own).
+
+    `validation`: {"file", "max_seq_length", "doc_stride", "max_samples"} name the questions; "scores"
+    (default true) scores them, "per_question" keeps each question's scores, "latency_features" times that
+    many real features at batch 1 (absent: all of them, 0: none)."""
     if not Path(path).is_dir():
         raise QACompressError(f"{path}: no such model directory")
     settings = settings or BenchmarkSettings()
