@@ -146,6 +146,24 @@ def test_selection_meets_the_mac_target(tiny_bert_dir, fraction):
     assert kept >= 0.99 * fraction * full
 
 
+@pytest.mark.parametrize("target", [{"target_macs": 1.0}, {"target_latency": 1.0}])
+def test_a_full_budget_keeps_everything_without_scoring_or_timing(tiny_bert_dir, calibration, target):
+    """`prune --target_macs 1.0` is the INT8 PTQ path: nothing to choose, so no Fisher pass (minutes on
+    a real model) and no latency table; the copy computes what the model computes."""
+    from qacompress.compression.config import PruneConfig
+    from qacompress.compression.pruning import fisher_prune
+
+    model = load_qa_model(str(tiny_bert_dir)).eval()
+    result = fisher_prune(model, calibration[0], PruneConfig(**target, seq_length=SEQ, progress=False))
+    summary = result.summary
+    assert summary["timings"] == {} and "latency_table" not in summary and "refit_errors" not in summary, summary
+    assert (summary["heads_kept"], summary["neurons_kept"]) == (8, 128), summary
+    assert current_sizes(result.model) == current_sizes(model) and result.model is not model
+    batch = calibration[1][0]
+    with torch.no_grad():
+        assert torch.equal(result.model(**batch).start_logits, model(**batch).start_logits)
+
+
 def test_selection_is_the_best_set_within_budget():
     """Against exhaustive search on a small instance (2 layers x 2 heads, 2 x 3 neurons)."""
     generator = torch.Generator().manual_seed(3)

@@ -62,16 +62,19 @@ class PruneResult:
 
 
 def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], config: PruneConfig) -> PruneResult:
-    """Steps 1-4 on a copy of `model`."""
+    """Steps 1-4 on a copy of `model`. A budget of 1.0 keeps every unit, so nothing is scored or
+    measured (`prune --target_macs 1.0` is the INT8 post-training quantization path)."""
     layout = require_layout(model)
     model.eval()
+    kind, fraction = config.constraint
+    if fraction >= 1.0:
+        return _keep_everything(model, layout, kind)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     importance = fisher_importance(
         model, batches, label_samples=config.label_samples, seed=config.seed, progress=config.progress
     )
     timings["fisher_s"] = time.perf_counter() - t0
-    kind, fraction = config.constraint
     hidden = model.config.hidden_size
     summary: dict[str, Any] = {"criterion": "fisher", "constraint": kind, "target": fraction,
                                "calibration_features": importance.samples, "label_samples": config.label_samples}
@@ -125,3 +128,17 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         100 * summary["fisher_kept_fraction"],
     )  # fmt: skip
     return PruneResult(pruned, summary, frozen)
+
+
+def _keep_everything(model: nn.Module, layout, kind: str) -> PruneResult:
+    """The result of a full budget: a copy of `model`, every head and neuron kept."""
+    sizes = current_sizes(model, layout)
+    keep = [{"heads": list(range(s["heads"])), "neurons": list(range(s["intermediate_size"]))} for s in sizes]
+    summary: dict[str, Any] = {
+        "criterion": "none (a full budget keeps every unit)", "constraint": kind, "target": 1.0,
+        "heads_kept": sum(s["heads"] for s in sizes), "neurons_kept": sum(s["intermediate_size"] for s in sizes),
+        "kept": keep, "predicted_cost_fraction": 1.0, "fisher_kept_fraction": 1.0, "encoder_macs_fraction": 1.0,
+        "timings": {},
+    }  # fmt: skip
+    logger.info("a full %s budget keeps all %d heads and %d neurons", kind, summary["heads_kept"], summary["neurons_kept"])
+    return PruneResult(copy.deepcopy(model), summary, {})
