@@ -463,9 +463,13 @@ def test_a_latency_target_below_the_fixed_cost_is_one_line_naming_the_smallest_r
     ] and "Traceback" not in err, err
 
     assert prune_cli(tiny_bert_dir, out, squad_dir, "--target_latency", "0.317", *timing) == 0
-    pruning = json.loads((out / "compression_report.json").read_text())["pruning"]
+    report = json.loads((out / "compression_report.json").read_text())
+    pruning = report["pruning"]
     # 0.317 x 4.8 ms leaves 0.0016 ms beyond the fixed cost: not one 0.01 ms neuron.
     assert (pruning["heads_kept"], pruning["neurons_kept"]) == (0, 0), pruning["kept"]
+    # The report counts what computes: an emptied layer's zeroed stand-in unit is not a kept head or neuron.
+    assert (report["heads_kept"], report["neurons_kept"]) == (0, 0), report["layers"]
+    assert all(r["heads_kept"] == r["neurons_kept"] == 0 for r in report["layers"]), report["layers"]
     assert pruning["predicted_cost_fraction"] == pytest.approx(1.52 / 4.8, abs=1e-4)
 
 

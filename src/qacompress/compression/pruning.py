@@ -33,7 +33,7 @@ from qacompress.compression.selection import Selection, encoder_macs, mac_costs,
 from qacompress.core.errors import BudgetError, QACompressError
 from qacompress.data.features import input_columns
 from qacompress.model.architecture import require_layout
-from qacompress.model.surgery import current_sizes, prune_
+from qacompress.model.surgery import current_sizes, kept_sizes, prune_
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +132,11 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
 
 def _keep_everything(model: nn.Module, layout, kind: str) -> PruneResult:
     """The result of a full budget: a copy of `model`, every head and neuron kept."""
-    sizes = current_sizes(model, layout)
+    sizes, live = current_sizes(model, layout), kept_sizes(model, layout)
     keep = [{"heads": list(range(s["heads"])), "neurons": list(range(s["intermediate_size"]))} for s in sizes]
     summary: dict[str, Any] = {
         "criterion": "none (a full budget keeps every unit)", "constraint": kind, "target": 1.0,
-        "heads_kept": sum(s["heads"] for s in sizes), "neurons_kept": sum(s["intermediate_size"] for s in sizes),
+        "heads_kept": sum(s["heads"] for s in live), "neurons_kept": sum(s["intermediate_size"] for s in live),
         "kept": keep, "predicted_cost_fraction": 1.0, "fisher_kept_fraction": 1.0, "encoder_macs_fraction": 1.0,
         "timings": {},
     }  # fmt: skip

@@ -20,7 +20,7 @@ from qacompress.compression.export import export_openvino
 from qacompress.compression.quantization import quantize_model
 from qacompress.core import atomic
 from qacompress.ir.convert import example_inputs
-from qacompress.model.surgery import current_sizes, linear_weight_count
+from qacompress.model.surgery import current_sizes, kept_sizes, linear_weight_count
 
 REPORT_JSON = "compression_report.json"
 REPORT_PNG = "compression_report.png"
@@ -47,7 +47,7 @@ def compression_report(
     """Compare `model` with the model it started from; write the JSON report (with `extra`, e.g. how
     the structure was chosen) and the plot."""
     base = load_base()
-    before, after = current_sizes(base), current_sizes(model)
+    before, after = current_sizes(base), kept_sizes(model)
     heads_total = base.config.num_attention_heads
     weights_before, weights_after = linear_weight_count(base), linear_weight_count(model)
     report: dict[str, Any] = {

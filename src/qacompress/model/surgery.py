@@ -72,6 +72,19 @@ def current_sizes(model: nn.Module, layout: EncoderLayout | None = None) -> list
     ]
 
 
+def kept_sizes(model: nn.Module, layout: EncoderLayout | None = None) -> list[dict[str, int]]:
+    """Heads and FFN neurons per layer that compute something: `current_sizes`, with 0 where a sublayer
+    was emptied and only its zeroed stand-in unit is left (output projection all zeros, see `prune_`)."""
+    layout = layout or require_layout(model)
+    sizes = current_sizes(model, layout)
+    for size, layer in zip(sizes, layout.layers):
+        if not model.get_submodule(layer.attention_output).weight.detach().any():
+            size["heads"] = 0
+        if not model.get_submodule(layer.ffn_out).weight.detach().any():
+            size["intermediate_size"] = 0
+    return sizes
+
+
 def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> dict[str, torch.Tensor]:
     """Cut the heads and neurons not listed in `keep` out of `model`, in place.
 

@@ -39,7 +39,7 @@ from qacompress.core.ondisk import (
     PRUNED_DIR,
     WARMUP_RESULTS,
 )
-from qacompress.model.surgery import current_sizes
+from qacompress.model.surgery import kept_sizes
 from qacompress.training.phases import Run, fit, resolve_resume, steps_per_epoch, total_steps
 from qacompress.training.pruned import barrier, finetune_pruned, freeze_zeros, start_afresh
 from qacompress.training.trainer import MovementScheduleCallback
@@ -124,5 +124,5 @@ def save_pruned(
     keep, frozen = pruner.convert(model, structured=structured)
     freeze_zeros(model, frozen)
     kept = [{"heads": k.heads, "neurons": k.neurons} for k in keep]
-    logger.info("after pruning warm-up: %s", current_sizes(model))
+    logger.info("after pruning warm-up: %s", kept_sizes(model))
     save_model_dir(model, tokenizer, directory, export_ir=False, extra_state={FROZEN_MASKS: frozen, KEPT: kept})

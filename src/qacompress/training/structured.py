@@ -14,7 +14,7 @@ from qacompress.compression.export import save_model_dir
 from qacompress.compression.pruning import feature_batches, fisher_prune
 from qacompress.core.errors import BudgetError
 from qacompress.core.ondisk import FROZEN_MASKS, KEPT, PRUNED_DIR, REPORT
-from qacompress.model.surgery import current_sizes
+from qacompress.model.surgery import kept_sizes
 from qacompress.training.phases import Run, total_steps
 from qacompress.training.pruned import barrier, finetune_pruned, freeze_zeros, start_afresh
 
@@ -49,7 +49,7 @@ def train_structured(run: Run) -> tuple[nn.Module, dict]:
                 f"smallest reachable is {exc.smallest:.3f}", fraction=exc.fraction, smallest=exc.smallest,
             ) from None  # fmt: skip
         freeze_zeros(result.model, result.frozen)
-        logger.info("after Fisher selection: %s", current_sizes(result.model))
+        logger.info("after Fisher selection: %s", kept_sizes(result.model))
         save_model_dir(
             result.model, run.tokenizer, out / PRUNED_DIR, export_ir=False,
             extra_state={FROZEN_MASKS: result.frozen, KEPT: result.summary["kept"], REPORT: {"pruning": result.summary}},
