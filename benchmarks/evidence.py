@@ -79,9 +79,9 @@ def rows() -> list[dict]:
                "--seed", str(seed), *flags, "--output_dir", rel(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "all_results.json", "seed": seed, **row}
 
-    def compress(name: str, seed: int, **row) -> dict:
+    def compress(name: str, seed: int, speedup: str = "2", **row) -> dict:
         out = OUT / slug(name)
-        cmd = ["qacompress", "compress", "--model_name_or_path", REFERENCE, *DATA, "--target_speedup", "2",
+        cmd = ["qacompress", "compress", "--model_name_or_path", REFERENCE, *DATA, "--target_speedup", speedup,
                *SCHEDULE, *RECOVERY_LR, "--seed", str(seed), "--output_dir", rel(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "compress_report.json", "seed": seed, **row}
 
@@ -107,6 +107,8 @@ def rows() -> list[dict]:
         train("FP32 control (distilled)", "--compression", "none", *DISTIL, *RECOVERY_LR),
         compress("recipe b, seed 42", 42, group="recipe b", control="FP32 control (distilled)"),
         compress("recipe b, seed 43", 43, group="recipe b", control="FP32 control (distilled)"),
+        # Where recovery keeps the accuracy: the same recipe at a milder target (2x lost 20 F1 on this CPU).
+        compress("recipe b at 1.5x, seed 42", 42, "1.5", control="FP32 control (distilled)"),
         train("recipe a (JPQD)", "--nncf_compression_config", rel(JPQD_CONFIG), *DISTIL, *RECOVERY_LR,
               control="FP32 control (distilled)"),
     ]
