@@ -12,7 +12,9 @@ The rows file (JSON) names the data and the models:
               {"name": "QAT", "dir": "runs/ref-qat", "control": "FP32 control", "group": "QAT", "seed": 42},
               ...]}
 
-A row is a model directory (its IR unless `"backend": "torch"`); `control` names the row trained for
+A row is a model directory (its IR unless `"backend": "torch"`), run in f32 unless `"precision"` says
+otherwise (`"auto"`: OpenVINO's own default, bf16 on CPUs with native bf16, which is how optimum-intel
+runs an IR); the table shows the precision each row computed in. `control` names the row trained for
 the same extra steps without compression; rows that share a `group` are seeds of one recipe and get a
 mean and spread; `"unpruned_ir": true` marks the unpruned IRs (FP32, INT8), the fastest of which is what
 pruned rows' speed-ups are measured against. Each row's scores are kept under `benchmarks/work/protocol/`
@@ -46,9 +48,16 @@ LATENCY_FEATURES = 2000
 def _cache_path(row: dict, spec: dict) -> Path:
     # Paths resolved: the same model and data, however the rows file spells them.
     where = [str(Path(row["dir"]).resolve()), str(Path(spec["validation_file"]).resolve())]
+    precision = [] if _precision(row) == "f32" else [_precision(row)]  # f32 rows keep the keys they always had
     key = json.dumps([*where, row.get("backend", "auto"), spec["max_seq_length"], spec["doc_stride"],
-                      spec.get("max_samples"), cpu_info()["name"]], sort_keys=True)  # fmt: skip
+                      spec.get("max_samples"), cpu_info()["name"], *precision], sort_keys=True)  # fmt: skip
     return Path(spec.get("cache_dir", WORK / "protocol")) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
+def _precision(row: dict) -> str:
+    """The row's OpenVINO inference precision hint: f32 unless it says otherwise ("auto": OpenVINO's own
+    default, bf16 where the CPU has it natively, as optimum-intel leaves it)."""
+    return row.get("precision", "f32")
 
 
 def _validation(spec: dict, **what) -> dict:
@@ -62,7 +71,7 @@ def measure_scores(row: dict, spec: dict) -> dict:
     cache = _cache_path(row, spec)
     if cache.is_file():
         return json.loads(cache.read_text())
-    settings = BenchmarkSettings(batch_sizes=(), seq_lengths=(), throughput_seconds=0)
+    settings = BenchmarkSettings(batch_sizes=(), seq_lengths=(), throughput_seconds=0, precision=_precision(row))
     result = measure_model(row["dir"], name=row["name"], backend=row.get("backend", "auto"), settings=settings,
                            validation=_validation(spec, per_question=True, latency_features=0))  # fmt: skip
     atomic.write_json(cache, result)
@@ -72,7 +81,7 @@ def measure_scores(row: dict, spec: dict) -> dict:
 def measure_latency(row: dict, spec: dict) -> dict:
     """The row's batch-1 latency at length 256 and over the first real features, never cached: every
     row of a table is timed in the same run, one after another, so their latencies compare."""
-    settings = BenchmarkSettings(batch_sizes=(1,), seq_lengths=(SEQ_LENGTH,), throughput_seconds=0)
+    settings = BenchmarkSettings(batch_sizes=(1,), seq_lengths=(SEQ_LENGTH,), throughput_seconds=0, precision=_precision(row))
     validation = _validation(spec, scores=False, latency_features=spec.get("latency_features", LATENCY_FEATURES))
     return measure_model(row["dir"], name=row["name"], backend=row.get("backend", "auto"), settings=settings,
                          validation=validation)  # fmt: skip
@@ -81,7 +90,8 @@ def measure_latency(row: dict, spec: dict) -> dict:
 def measure_row(row: dict, spec: dict) -> dict:
     """Scores (cached) and latencies (measured now) of one row, as one result."""
     timed = measure_latency(row, spec)
-    return measure_scores(row, spec) | {key: timed[key] for key in ("backend", "latency_ms", "real_length", "peak_rss_mb")}
+    kept = ("backend", "precision", "latency_ms", "real_length", "peak_rss_mb")
+    return measure_scores(row, spec) | {key: timed[key] for key in kept}
 
 
 def compare(rows: dict[str, dict], spec: dict) -> list[dict]:
@@ -91,7 +101,8 @@ def compare(rows: dict[str, dict], spec: dict) -> list[dict]:
     for row in spec["rows"]:
         measured = rows[row["name"]]
         entry = {
-            "name": row["name"], "dir": row["dir"], "backend": measured["backend"], "size_mb": measured["size_mb"],
+            "name": row["name"], "dir": row["dir"], "backend": measured["backend"], "precision": measured["precision"],
+            "size_mb": measured["size_mb"],
             "exact_match": measured["metrics"]["exact_match"], "f1": measured["metrics"]["f1"],
             "b1_ms": measured["latency_ms"][f"b1_s{SEQ_LENGTH}"]["median"],
             "real_length": measured["real_length"], "command": row.get("command"), "wall_s": row.get("wall_s"),
@@ -145,12 +156,12 @@ def markdown(summary: list[dict], seed_groups: dict[str, dict], spec: dict) -> s
     questions = next(iter(summary))["f1_vs_reference"]["questions"]
     lines = [f"{questions} questions of `{Path(spec['validation_file']).name}`, length {spec['max_seq_length']}; "
              "differences: row minus reference (or minus its control), paired bootstrap 95% interval", "",
-             "| row | backend | EM | F1 | F1 vs reference | EM vs reference | F1 vs control | b1 ms (len 256) | "
+             "| row | backend, precision | EM | F1 | F1 vs reference | EM vs reference | F1 vs control | b1 ms (len 256) | "
              "real lengths b1 p50 ms | x reference | x best unpruned IR | MB | command wall |", "|" + "---|" * 13]  # fmt: skip
     for e in summary:
         control = f"{_interval(e, 'f1_vs_control')} ({e['control']})" if e.get("control") else "-"
         lines.append(
-            f"| {e['name']} | {e['backend']} | {e['exact_match']:.2f} | {e['f1']:.2f} | {_interval(e, 'f1_vs_reference')} | "
+            f"| {e['name']} | {e['backend']} {e['precision']} | {e['exact_match']:.2f} | {e['f1']:.2f} | {_interval(e, 'f1_vs_reference')} | "
             f"{_interval(e, 'exact_match_vs_reference')} | {control} | {e['b1_ms']:.1f} | {e['real_length']['p50_ms']:.1f} | "
             f"{e['latency_vs_reference']:.2f} | {_ratio(e.get('latency_vs_best_unpruned_ir'))} | {e['size_mb']:.1f} | "
             f"{_minutes(e['wall_s'])} |"

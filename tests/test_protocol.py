@@ -71,7 +71,11 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
     assert group["f1_min"] <= group["f1_mean"] <= group["f1_max"]
     assert summary["reference"]["latency_vs_reference"] == 1.0 and summary["reference"]["real_length"]["features"] == 5
     table = protocol.markdown(list(summary.values()), protocol.groups(list(summary.values())), spec)
-    assert "| other | torch |" in table and "(reference)" in table and "40 questions of `dev.json`" in table
+    assert "| other | torch float32 |" in table and "(reference)" in table and "40 questions of `dev.json`" in table
+    # Rows run in f32 unless they say otherwise; a row in another precision is scored on its own.
+    row = spec["rows"][1]
+    assert protocol._cache_path(row | {"precision": "f32"}, spec) == protocol._cache_path(row, spec)
+    assert protocol._cache_path(row | {"precision": "auto"}, spec) != protocol._cache_path(row, spec)
     # Scores are kept: with the model gone, the same scores come back from what was written. Latency is
     # never kept (every table's timings come from one run), so timing the gone model fails.
     shutil.rmtree(copy)

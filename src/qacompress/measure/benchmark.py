@@ -60,6 +60,8 @@ class ModelResult:
     path: str
     backend: str
     size_mb: float
+    #: what the backend computes in: OpenVINO's resolved inference precision ("f32", "bf16"), torch's dtype
+    precision: str = ""
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # "b1_s384" -> median, p90
     throughput_samples_per_s: float | None = None
     peak_rss_mb: float | None = None
@@ -99,7 +101,8 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
     runner = load_runner(path, backend=backend, precision=settings.precision)
     resolved = "openvino" if type(runner).__name__ == "OpenVINOQAModel" else "torch"
     vocab = getattr(load_config(path), "vocab_size", 30522)
-    result = ModelResult(name=name, path=path, backend=resolved, size_mb=dir_size_mb(path, resolved))
+    computes_in = runner.precision if resolved == "openvino" else str(next(runner.model.parameters()).dtype).removeprefix("torch.")
+    result = ModelResult(name=name, path=path, backend=resolved, size_mb=dir_size_mb(path, resolved), precision=computes_in)
     for seq in settings.seq_lengths:
         for batch in settings.batch_sizes:
             inputs = synthetic_inputs(batch, seq, vocab, runner.input_names, settings.seed)
