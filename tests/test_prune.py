@@ -392,29 +392,32 @@ def test_a_budget_below_the_fixed_cost_is_refused_naming_the_smallest_reachable(
         assert select_structure(importance, grid_costs, smallest).cost <= smallest * grid_costs.total(H, N)
 
 
-def test_prune_with_a_latency_target_and_float_ir(tiny_bert_dir, squad_dir, tmp_path):
-    """The `--target_latency` plumbing at target 1.0 (feasible whatever the table measured): the table
-    is timed in interleaved rounds, each point the median of its rounds, its unit costs are the fit
-    of its own points, the whole model is kept at the whole budget, and `--no_quantize` gives a float IR.
-    Budgets below 1 are tested on constructed tables (above: a tiny model's table is timer noise)."""
-    out = tmp_path / "pruned"
-    assert prune_cli(tiny_bert_dir, out, squad_dir, "--target_latency", "1.0", "--no_quantize",
-                     "--latency_points", "2", "--latency_seconds", "0.05", "--latency_rounds", "3") == 0
-    report = json.loads((out / "compression_report.json").read_text())
-    pruning = report["pruning"]
-    table = pruning["latency_table"]
-    assert pruning["constraint"] == "latency" and pruning["target"] == 1.0
+def test_the_latency_table_is_timed_in_interleaved_rounds_and_fitted(tiny_bert_dir):
+    """The table `--target_latency` selects with: each point timed once per interleaved round, its
+    latency the median of its rounds, the unit costs the fit of its own points. Budgets below 1 are
+    tested on constructed tables (above: a tiny model's table is timer noise)."""
+    from qacompress.compression.latency import measure_latency_table
+
+    model = load_qa_model(str(tiny_bert_dir)).eval()
+    table = measure_latency_table(model, SEQ, quantize=False, points=2, rounds=3, min_seconds=0.05, progress=False).to_dict()
     assert table["quantized"] is False and table["seq_length"] == SEQ
     # Heads 1 and 4 at the full FFN, 1 neuron at full attention (points=2 per axis).
     assert [(p["heads"], p["neurons"]) for p in table["points"]] == [(1, 64), (4, 64), (4, 1)], table["points"]
-    # Every point was timed once per interleaved round, and its latency is the median of those rounds.
     assert table["rounds"] == 3
     for point in table["points"]:
         assert len(point["round_ms"]) == 3 and point["ms"] == sorted(point["round_ms"])[1]
-    # The unit costs in the report are the fit of the reported points and full-model latency.
     fitted = fit_unit_costs(table["points"], table["full_model_ms"], TINY_SIZES)
     assert table["costs"] == pytest.approx({"head": fitted.head, "neuron": fitted.neuron, "fixed": fitted.fixed})
-    # At the whole budget the whole model is kept, at the whole predicted cost.
+
+
+def test_prune_with_a_full_latency_target_and_float_ir(tiny_bert_dir, squad_dir, tmp_path):
+    """`--target_latency 1.0` keeps the whole model without timing a table (nothing to choose), records
+    the constraint, and `--no_quantize` gives a float IR."""
+    out = tmp_path / "pruned"
+    assert prune_cli(tiny_bert_dir, out, squad_dir, "--target_latency", "1.0", "--no_quantize",
+                     "--latency_points", "2", "--latency_seconds", "0.05", "--latency_rounds", "3") == 0
+    pruning = json.loads((out / "compression_report.json").read_text())["pruning"]
+    assert pruning["constraint"] == "latency" and pruning["target"] == 1.0 and "latency_table" not in pruning
     assert (pruning["heads_kept"], pruning["neurons_kept"]) == (H, N), pruning["kept"]
     assert pruning["predicted_cost_fraction"] == 1.0 and pruning["encoder_macs_fraction"] == 1.0
     assert current_sizes(load_qa_model(str(out))) == TINY_SIZES
