@@ -48,7 +48,7 @@ LATENCY_FEATURES = 2000
 def _cache_path(row: dict, spec: dict) -> Path:
     # Paths resolved: the same model and data, however the rows file spells them.
     where = [str(Path(row["dir"]).resolve()), str(Path(spec["validation_file"]).resolve())]
-    precision = [] if _precision(row) == "f32" else [_precision(row)]  # f32 rows keep the keys they always had
+    precision = [p for p in [_precision(row)] if p != "f32"]  # f32 rows keep the keys they always had
     key = json.dumps([*where, row.get("backend", "auto"), spec["max_seq_length"], spec["doc_stride"],
                       spec.get("max_samples"), cpu_info()["name"], *precision], sort_keys=True)  # fmt: skip
     return Path(spec.get("cache_dir", WORK / "protocol")) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"

@@ -26,6 +26,11 @@ class QARunner(Protocol):
 
     input_names: tuple[str, ...]
 
+    @property
+    def precision(self) -> str:
+        """What it computes in ('f32', 'bf16', 'float32', ...)."""
+        ...
+
     def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -35,6 +40,11 @@ class TorchQAModel:
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
         self.input_names = input_names(model.config)
+
+    @property
+    def precision(self) -> str:
+        """The weights' dtype ('float32', 'bfloat16', ...)."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         device = next(self.model.parameters()).device  # wherever training left the model

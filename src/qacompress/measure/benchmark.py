@@ -101,8 +101,7 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
     runner = load_runner(path, backend=backend, precision=settings.precision)
     resolved = "openvino" if type(runner).__name__ == "OpenVINOQAModel" else "torch"
     vocab = getattr(load_config(path), "vocab_size", 30522)
-    computes_in = runner.precision if resolved == "openvino" else str(next(runner.model.parameters()).dtype).removeprefix("torch.")
-    result = ModelResult(name=name, path=path, backend=resolved, size_mb=dir_size_mb(path, resolved), precision=computes_in)
+    result = ModelResult(name=name, path=path, backend=resolved, size_mb=dir_size_mb(path, resolved), precision=runner.precision)
     for seq in settings.seq_lengths:
         for batch in settings.batch_sizes:
             inputs = synthetic_inputs(batch, seq, vocab, runner.input_names, settings.seed)
@@ -120,8 +119,9 @@ def _measure(path: str, name: str, backend: str, settings: BenchmarkSettings, va
         if validation.get("scores", True):
             result.metrics, result.question_scores = _accuracy(runner, examples, features, validation.get("per_question", False))
         timed = validation.get("latency_features")  # None: every feature; 0: no real-length latency
-        if timed is None or timed > 0:
-            result.real_length = real_length_latency(runner, features.select(range(min(timed or len(features), len(features)))))
+        count = len(features) if timed is None else min(timed, len(features))
+        if count > 0:
+            result.real_length = real_length_latency(runner, features.select(range(count)))
     result.peak_rss_mb = peak_rss_mb()
     return asdict(result)
 
