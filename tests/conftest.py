@@ -107,3 +107,16 @@ def text_dropping_tokenizer(path: Path) -> Path:
     (path / "merges.txt").write_text("#version: 0.2\nĠ t\n", encoding="utf-8")
     RobertaTokenizer(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt")).save_pretrained(path)
     return path
+
+
+def openvino_computes_in(hint: str) -> str:
+    """What OpenVINO's CPU plugin on this machine computes a float model in for an inference-precision
+    hint ("auto": no hint), asked of OpenVINO itself on a one-op model, not of qacompress."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 8], np.float32, name="x")
+    model = ov.Model([ops.matmul(x, ops.constant(np.ones((8, 8), np.float32)), False, False)], [x], "one_matmul")
+    config = {} if hint == "auto" else {"INFERENCE_PRECISION_HINT": hint}
+    return ov.Core().compile_model(model, "CPU", config).get_property("INFERENCE_PRECISION_HINT").get_type_name()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, minilm_dir, squad_doc, write_json
+from conftest import REPO_ROOT, minilm_dir, openvino_computes_in, squad_doc, write_json
 
 from qacompress.cli import main
 from qacompress.compression.checkpoint import load_qa_model
@@ -47,7 +47,10 @@ def one_error_line(capsys) -> str:
 def test_compress_end_to_end_and_resume(tiny_bert_dir, squad_dir, tmp_path, capsys):
     out = tmp_path / "out"
     dev = str(squad_dir / "v1.1" / "dev.json")
-    flags = ("--target_latency", "1.0", "--validation_file", dev, "--max_eval_samples", "16", "--allow_untrained_model")
+    # Run in OpenVINO's own precision (bf16 where the CPU has it natively): the plan, the report's timings
+    # and the scores all in it, and `evaluate` with the same flag reads the same F1.
+    flags = ("--target_latency", "1.0", "--validation_file", dev, "--max_eval_samples", "16", "--allow_untrained_model",
+             "--inference_precision", "auto")  # fmt: skip
     assert compress_cli(tiny_bert_dir, out, squad_dir, *flags) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "compress_report.json").read_text())
@@ -57,6 +60,7 @@ def test_compress_end_to_end_and_resume(tiny_bert_dir, squad_dir, tmp_path, caps
     # The deployment precision is the faster of the two unpruned IRs it timed; quantizers only for INT8.
     ms = plan["unpruned_ir_ms"]
     assert plan["precision"] == min(ms, key=ms.get), plan
+    assert plan["inference_precision"] == "auto" and plan["computed_in"] == openvino_computes_in("auto"), plan
     algorithms = [section["algorithm"] for section in config]
     assert algorithms == (["structured_pruning", "quantization"] if plan["precision"] == "int8" else ["structured_pruning"])
     xml = (out / "openvino_model.xml").read_text()
@@ -84,7 +88,7 @@ def test_compress_end_to_end_and_resume(tiny_bert_dir, squad_dir, tmp_path, caps
 
     # The folder is a model folder the other verbs load as it is.
     assert main(["evaluate", "--model_name_or_path", str(out), "--validation_file", dev, "--max_eval_samples", "16",
-                 "--max_seq_length", str(SEQ), "--doc_stride", "16"]) == 0  # fmt: skip
+                 "--max_seq_length", str(SEQ), "--doc_stride", "16", "--inference_precision", "auto"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert re.search(rf"eval_f1 +{eval_results['eval_openvino_f1']:.4f}\n", printed), printed
 
@@ -96,12 +100,12 @@ def test_compress_end_to_end_and_resume(tiny_bert_dir, squad_dir, tmp_path, caps
     assert again["accuracy"]["f1"]["result_ir"] == accuracy["f1"]["result_ir"], again["accuracy"]
     assert again["train_metrics"]["train_samples"] == report["train_metrics"]["train_samples"]
 
-    # Another target into the same folder is not a resume: refused, the run left as it was.
-    other = [f if f != "1.0" else "0.8" for f in flags]
-    assert compress_cli(tiny_bert_dir, out, squad_dir, *other) == 2
-    line = one_error_line(capsys)
-    assert "holds a compress run planned for target_latency 1.0" in line, line
-    assert (out / "compress_plan.json").read_bytes() == plan_bytes
+    # Another target or precision into the same folder is not a resume: refused, the run left as it was.
+    for old, new, planned in (("1.0", "0.8", "target_latency 1.0"), ("auto", "f32", "inference_precision auto")):
+        assert compress_cli(tiny_bert_dir, out, squad_dir, *[new if f == old else f for f in flags]) == 2
+        line = one_error_line(capsys)
+        assert f"holds a compress run planned for {planned}" in line, line
+        assert (out / "compress_plan.json").read_bytes() == plan_bytes
 
 
 @pytest.mark.slow

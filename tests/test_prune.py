@@ -16,6 +16,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import openvino_computes_in
 
 from qacompress.cli import main
 from qacompress.compression.checkpoint import load_qa_model
@@ -392,15 +393,20 @@ def test_a_budget_below_the_fixed_cost_is_refused_naming_the_smallest_reachable(
         assert select_structure(importance, grid_costs, smallest).cost <= smallest * grid_costs.total(H, N)
 
 
-def test_the_latency_table_is_timed_in_interleaved_rounds_and_fitted(tiny_bert_dir):
+@pytest.mark.parametrize("precision", ["f32", "auto"])
+def test_the_latency_table_is_timed_in_interleaved_rounds_and_fitted(tiny_bert_dir, precision):
     """The table `--target_latency` selects with: each point timed once per interleaved round, its
-    latency the median of its rounds, the unit costs the fit of its own points. Budgets below 1 are
+    latency the median of its rounds, the unit costs the fit of its own points, in the precision the
+    output will run in (`auto`: bf16 where OpenVINO computes in bf16 by default). Budgets below 1 are
     tested on constructed tables (above: a tiny model's table is timer noise)."""
     from qacompress.compression.latency import measure_latency_table
 
     model = load_qa_model(str(tiny_bert_dir)).eval()
-    table = measure_latency_table(model, SEQ, quantize=False, points=2, rounds=3, min_seconds=0.05, progress=False).to_dict()
+    table = measure_latency_table(
+        model, SEQ, quantize=False, precision=precision, points=2, rounds=3, min_seconds=0.05, progress=False
+    ).to_dict()
     assert table["quantized"] is False and table["seq_length"] == SEQ
+    assert table["precision"] == openvino_computes_in(precision), (table["precision"], precision)
     # Heads 1 and 4 at the full FFN, 1 neuron at full attention (points=2 per axis).
     assert [(p["heads"], p["neurons"]) for p in table["points"]] == [(1, 64), (4, 64), (4, 1)], table["points"]
     assert table["rounds"] == 3

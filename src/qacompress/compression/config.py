@@ -121,6 +121,7 @@ class PruneConfig:
     # Set by the job, not flags of their own: the data's --max_seq_length, the output's precision.
     seq_length: int = 384
     quantized_latency: bool = True  # time INT8 IRs for the latency table (as the output will be)
+    latency_precision: str = "f32"  # ... in the run's --inference_precision (as the output will run)
     ridge: float = 1e-4
     progress: bool = True
 

@@ -4,8 +4,9 @@ MACs are a poor proxy for latency: attention's L^2 products, memory traffic and 
 heads and neurons differently on every CPU. Following Kwon et al. 2022 (who measure a lookup table of
 attention and FFN latency per unit count and find it linear beyond a small count), we time one-layer
 copies of the model, exported to OpenVINO (INT8 when the output will be), with a grid of head counts
-at the full FFN and of neuron counts at full attention, at batch 1 and `--max_seq_length`. A least-
-squares fit gives the cost of one head and of one neuron; the full model is timed too, and what its
+at the full FFN and of neuron counts at full attention, at batch 1 and `--max_seq_length`, in the
+precision the output will run in (`--inference_precision`: on CPUs with native bf16, OpenVINO's default
+computes an FP32 IR in bf16, at a third of its f32 latency on an AMX Xeon). A least-squares fit gives the cost of one head and of one neuron; the full model is timed too, and what its
 layers do not explain (embeddings, QA head, per-layer overheads) is the fixed cost. The table and the
 fit are kept in the output's `compression_report.json`.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -32,7 +32,7 @@ from qacompress.compression.export import to_openvino
 from qacompress.compression.selection import UnitCosts
 from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
 from qacompress.core.timing import Timing, synthetic_inputs, time_calls
-from qacompress.ir.compile import compile_ir
+from qacompress.ir.compile import compile_ir, compiled_precision
 from qacompress.ir.ptq import quantize_ir
 from qacompress.model.architecture import input_names, require_layout
 from qacompress.model.surgery import LayerKeep, current_sizes, prune_
@@ -46,6 +46,7 @@ class LatencyTable:
 
     seq_length: int
     quantized: bool
+    precision: str = "f32"  # what OpenVINO computed in (the hint as this CPU resolved it)
     rounds: int = 1
     points: list[dict] = field(default_factory=list)  # {"heads", "neurons", "ms", "round_ms"}
     full_model_ms: float = 0.0
@@ -57,16 +58,22 @@ class LatencyTable:
         return out
 
 
-def compiled_call(model: nn.Module, length: int, quantize: bool, precision: str) -> Callable[[], object]:
-    """One batch-1 inference of `model` as an OpenVINO IR (INT8 by PTQ when `quantize`), ready to time."""
-    inputs = synthetic_inputs(1, length, model.config.vocab_size, input_names(model.config), seed=0)
-    ov_model = to_openvino(model, {k: torch.from_numpy(v) for k, v in inputs.items()})
-    if quantize:
-        # Speed does not depend on the ranges, so one synthetic sample calibrates enough.
-        ov_model = quantize_ir(ov_model, [inputs], overflow_fix="enable")
-    compiled = compile_ir(ov_model, precision=precision)
-    request = compiled.create_infer_request()
-    return lambda: request.infer(inputs)
+class IRCall:
+    """One batch-1 inference of a model as a compiled OpenVINO IR, ready to time; `precision` is what
+    OpenVINO computes it in (the requested hint as this CPU resolves it)."""
+
+    def __init__(self, model: nn.Module, length: int, quantize: bool, precision: str) -> None:
+        self.inputs = synthetic_inputs(1, length, model.config.vocab_size, input_names(model.config), seed=0)
+        ov_model = to_openvino(model, {k: torch.from_numpy(v) for k, v in self.inputs.items()})
+        if quantize:
+            # Speed does not depend on the ranges, so one synthetic sample calibrates enough.
+            ov_model = quantize_ir(ov_model, [self.inputs], overflow_fix="enable")
+        compiled = compile_ir(ov_model, precision=precision)
+        self.precision = compiled_precision(compiled)
+        self.request = compiled.create_infer_request()
+
+    def __call__(self) -> object:
+        return self.request.infer(self.inputs)
 
 
 def _grid(full: int, points: int) -> list[int]:
@@ -81,15 +88,22 @@ class LayerGrid:
     seq_length: int
     quantized: bool
     grid: list[tuple[int, int]]  # (heads, neurons) per one-layer IR
-    calls: list[Callable[[], object]]  # one inference per grid point, then the full model's
+    calls: list[IRCall]  # one inference per grid point, then the full model's
     sizes: list[dict[str, int]]  # the full model's per-layer sizes
 
 
 def compile_layer_grid(
-    model: nn.Module, seq_length: int, *, quantize: bool, points: int = 5, progress: bool = True
+    model: nn.Module,
+    seq_length: int,
+    *,
+    quantize: bool,
+    precision: str = "f32",
+    points: int = 5,
+    progress: bool = True,
 ) -> LayerGrid:
     """One-layer copies of `model` with `points` head counts at the full FFN and `points` neuron counts
-    at full attention, and `model` itself, as compiled OpenVINO IRs at batch 1 and `seq_length`."""
+    at full attention, and `model` itself, as compiled OpenVINO IRs at batch 1 and `seq_length`, run
+    with the inference `precision` hint (f32, bf16 or auto)."""
     layout = require_layout(model)
     sizes = current_sizes(model, layout)
     heads, neurons = max(s["heads"] for s in sizes), max(s["intermediate_size"] for s in sizes)
@@ -99,14 +113,13 @@ def compile_layer_grid(
     setattr(config, PRUNING_CONFIG_ATTR, None)
     from transformers import AutoModelForQuestionAnswering
 
-    precision = "f32"  # the precision evaluation and the exported IRs run in by default
     calls = []
     for h, n in tqdm(grid, desc="Layer latency table: export", disable=not progress, unit="point"):
         torch.manual_seed(0)
         one = AutoModelForQuestionAnswering.from_config(config).eval()
         prune_(one, [LayerKeep(heads=list(range(h)), neurons=list(range(n)))])
-        calls.append(compiled_call(one, seq_length, quantize, precision))
-    calls.append(compiled_call(model.eval(), seq_length, quantize, precision))
+        calls.append(IRCall(one, seq_length, quantize, precision))
+    calls.append(IRCall(model.eval(), seq_length, quantize, precision))
     return LayerGrid(seq_length=seq_length, quantized=quantize, grid=grid, calls=calls, sizes=sizes)
 
 
@@ -118,7 +131,8 @@ def time_layer_grid(grid: LayerGrid, *, rounds: int = 5, min_seconds: float = 1.
     for _ in tqdm(range(rounds), desc="Layer latency table: timing", disable=not progress, unit="round"):
         for call, times in zip(grid.calls, medians):
             times.append(time_calls(call, timing)["median"])
-    table = LatencyTable(seq_length=grid.seq_length, quantized=grid.quantized, rounds=rounds)
+    full_model = grid.calls[-1]
+    table = LatencyTable(grid.seq_length, grid.quantized, precision=full_model.precision, rounds=rounds)
     table.points = [
         {"heads": h, "neurons": n, "ms": float(np.median(times)), "round_ms": times}
         for (h, n), times in zip(grid.grid, medians)
@@ -133,13 +147,15 @@ def measure_latency_table(
     seq_length: int,
     *,
     quantize: bool,
+    precision: str = "f32",
     points: int = 5,
     rounds: int = 5,
     min_seconds: float = 1.0,
     progress: bool = True,
 ) -> LatencyTable:
     """The latency table of `model` on this machine (`compile_layer_grid`, then `time_layer_grid`)."""
-    grid = compile_layer_grid(model, seq_length, quantize=quantize, points=points, progress=progress)
+    grid = compile_layer_grid(model, seq_length, quantize=quantize, precision=precision, points=points,
+                              progress=progress)  # fmt: skip
     return time_layer_grid(grid, rounds=rounds, min_seconds=min_seconds, progress=progress)
 
 

@@ -83,7 +83,8 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
     else:
         t0 = time.perf_counter()
         table = latency.measure_latency_table(
-            model, config.seq_length, quantize=config.quantized_latency, points=config.latency_points,
+            model, config.seq_length, quantize=config.quantized_latency, precision=config.latency_precision,
+            points=config.latency_points,
             rounds=config.latency_rounds, min_seconds=config.latency_seconds, progress=config.progress,
         )
         timings["latency_table_s"] = time.perf_counter() - t0

@@ -4,7 +4,9 @@ accuracy, in one run.
 1. **Checks** before minutes of work: M exists and is fine-tuned for QA (its start/end predictions are
    not near uniform: Fisher importance draws its labels from them), the training data has answers.
 2. **Plan**: M's FP32 IR and its INT8 IR (post-training quantized) are timed at batch 1 and
-   `--max_seq_length`; the faster is the deployment precision and its latency the unpruned baseline.
+   `--max_seq_length`, run in `--inference_precision` (f32 by default, as every qacompress command runs
+   an IR; `auto` is OpenVINO's own choice, bf16 on CPUs with native bf16, as optimum-intel runs it); the
+   faster is the deployment precision and its latency the unpruned baseline.
    `--target_speedup X` keeps 1/X of that latency, `--target_latency F` keeps F of it.
 3. **Selection and recovery**: a `structured_pruning` run of `train` (`qacompress.training.structured`:
    Fisher selection under a latency table measured here for that precision, removal, re-fit, then
@@ -38,7 +40,7 @@ from transformers import HfArgumentParser
 from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.config import DEFAULT_QUANTIZATION
 from qacompress.compression.fisher import prediction_entropy
-from qacompress.compression.latency import compiled_call
+from qacompress.compression.latency import IRCall
 from qacompress.compression.pruning import feature_batches
 from qacompress.core import atomic
 from qacompress.core.cpu import cpu_info, describe
@@ -179,7 +181,7 @@ def run_compress(
             tokenizer = load_tokenizer(model_path)
             _check_inputs(settings, model_path, tokenizer, data_args)
         with _phase(out, "plan"):
-            plan = _plan(out, model_path, data_args.max_seq_length, settings)
+            plan = _plan(out, model_path, data_args.max_seq_length, settings, args.inference_precision)
         with _phase(out, "recovery"):
             metrics = _recover(out, plan, settings, model_args, data_args, args)
         with _phase(out, "report"):
@@ -244,13 +246,17 @@ def _check_inputs(settings: CompressSettings, model_path: str, tokenizer, data_a
 
 
 # ---- 2. plan ------------------------------------------------------------------------------------------
-def _plan(out: Path, model_path: str, seq_length: int, settings: CompressSettings) -> dict[str, Any]:
+def _plan(
+    out: Path, model_path: str, seq_length: int, settings: CompressSettings, inference_precision: str
+) -> dict[str, Any]:
     """Which precision pays here and what the budget keeps; measured once, read back when resuming."""
     path = out / COMPRESS_PLAN
     if path.is_file():
         plan = atomic.read_json(path)
-        asked = {"target_speedup": settings.target_speedup, "target_latency": settings.target_latency, "seq_length": seq_length}
-        different = {k: plan[k] for k, v in asked.items() if plan[k] != v}
+        asked = {"target_speedup": settings.target_speedup, "target_latency": settings.target_latency,
+                 "seq_length": seq_length, "inference_precision": inference_precision}  # fmt: skip
+        # Plans written before the precision was a choice ran in f32.
+        different = {k: plan.get(k, "f32") for k, v in asked.items() if plan.get(k, "f32") != v}
         if different:
             raise QACompressError(
                 f"{out} holds a compress run planned for {', '.join(f'{k} {v}' for k, v in different.items())}, "
@@ -260,22 +266,25 @@ def _plan(out: Path, model_path: str, seq_length: int, settings: CompressSetting
         return plan
     model = load_qa_model(model_path)
     timing = Timing(warmup=3, min_iterations=20, min_seconds=3.0)
-    ms = {}
+    ms, computed_in = {}, {}
     for precision, quantize in (("fp32", False), ("int8", True)):
         logger.info("timing the unpruned %s IR of %s at batch 1, length %d", precision, model_path, seq_length)
-        ms[precision] = time_calls(compiled_call(model, seq_length, quantize, "f32"), timing)["median"]
+        call = IRCall(model, seq_length, quantize, inference_precision)
+        ms[precision], computed_in[precision] = time_calls(call, timing)["median"], call.precision
     precision = min(ms, key=ms.get)
     plan = {
         "precision": precision,
         "unpruned_ir_ms": ms,
+        "inference_precision": inference_precision,
+        "computed_in": computed_in[precision],  # the hint as this CPU resolved it (bf16 for auto on AMX)
         "seq_length": seq_length,
         "fraction": settings.fraction,
         "target_speedup": settings.target_speedup,
         "target_latency": settings.target_latency,
         "cpu": cpu_info()["name"],
     }
-    logger.info("INT8 IR %.1f ms, FP32 IR %.1f ms: deploying %s; keeping %.3f of its latency",
-                ms["int8"], ms["fp32"], precision, settings.fraction)  # fmt: skip
+    logger.info("INT8 IR %.1f ms, FP32 IR %.1f ms (computed in %s): deploying %s; keeping %.3f of its latency",
+                ms["int8"], ms["fp32"], plan["computed_in"], precision, settings.fraction)  # fmt: skip
     atomic.write_json(path, plan)
     return plan
 
@@ -331,10 +340,12 @@ def _report(
     length = plan["seq_length"]
     inputs = synthetic_inputs(1, length, model.config.vocab_size, input_names(model.config), seed=0)
     timing = Timing(warmup=3, min_iterations=20, min_seconds=3.0)
-    result_ir, torch_model = OpenVINOQAModel(out), TorchQAModel(model)
+    hint = plan.get("inference_precision", "f32")
+    result_ir, torch_model = OpenVINOQAModel(out, precision=hint), TorchQAModel(model)
+    unpruned = IRCall(model, length, plan["precision"] == "int8", hint)
     ms = {
         "model_torch": time_calls(lambda: torch_model(inputs), timing)["median"],
-        f"model_{plan['precision']}_ir": time_calls(compiled_call(model, length, plan["precision"] == "int8", "f32"), timing)["median"],
+        f"model_{plan['precision']}_ir": time_calls(unpruned, timing)["median"],
         "result_ir": time_calls(lambda: result_ir(inputs), timing)["median"],
     }
     report["latency_ms"] = {"batch": 1, "seq_length": length, **ms}
@@ -382,8 +393,9 @@ def format_report(report: dict[str, Any]) -> str:
     best = f"model_{plan['precision']}_ir"
     lines = [
         f"CPU: {report['cpu_line']}",
-        f"deployment: {plan['precision']} (unpruned IRs: FP32 {plan['unpruned_ir_ms']['fp32']:.1f} ms, "
-        f"INT8 {plan['unpruned_ir_ms']['int8']:.1f} ms); kept {plan['fraction']:.3f} of its latency",
+        f"deployment: {plan['precision']} IR run in {plan.get('computed_in', 'f32')} (unpruned IRs: FP32 "
+        f"{plan['unpruned_ir_ms']['fp32']:.1f} ms, INT8 {plan['unpruned_ir_ms']['int8']:.1f} ms); kept "
+        f"{plan['fraction']:.3f} of its latency",
         "",
         "| model | batch-1 latency at %d tokens | EM | F1 |" % ms["seq_length"],
         "| --- | --- | --- | --- |",

@@ -63,7 +63,8 @@ def resolve_device(name: str) -> torch.device:
 def run_prune(args: Any, data_args: DataTrainingArguments) -> dict[str, Any]:
     """Prune, export and (with --validation_file) evaluate; returns the metrics."""
     started = time.perf_counter()
-    config = settings_from(args, PruneConfig, seq_length=data_args.max_seq_length, quantized_latency=args.quantize)
+    config = settings_from(args, PruneConfig, seq_length=data_args.max_seq_length, quantized_latency=args.quantize,
+                           latency_precision=args.inference_precision)  # fmt: skip
     if not args.model_name_or_path or not Path(args.model_name_or_path).is_dir():
         raise QACompressError(f"--model_name_or_path {args.model_name_or_path}: no such model directory")
     if not args.output_dir:

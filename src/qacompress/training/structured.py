@@ -38,7 +38,7 @@ def train_structured(run: Run) -> tuple[nn.Module, dict]:
         # The section's own settings; the run's sequence length, batch size, seed and output precision.
         config = dataclasses.replace(
             sconfig, seq_length=data.max_seq_length, quantized_latency=compression.quantization is not None,
-            batch_size=args.per_device_eval_batch_size, seed=args.seed,
+            latency_precision=args.inference_precision, batch_size=args.per_device_eval_batch_size, seed=args.seed,
         )  # fmt: skip
         try:
             result = fisher_prune(model, feature_batches(features, run.tokenizer, config.batch_size), config)
