@@ -81,6 +81,11 @@ def test_compress_end_to_end_and_resume(tiny_bert_dir, squad_dir, tmp_path, caps
         report["latency_ms"][f"model_{plan['precision']}_ir"] / report["latency_ms"]["result_ir"], abs=0.01
     )
     assert len(report["kept"]["layers"]) == 2 and report["size_mb"]["result_ir"] > 0, report
+    # A full budget keeps every unit: all of the Fisher information, every MAC, and says so.
+    kept = report["kept"]
+    assert (kept["heads_kept"], kept["neurons_kept"]) == (kept["heads_total"], kept["neurons_total"]) == (8, 128), kept
+    assert kept["fisher_kept_fraction"] == kept["encoder_macs_fraction"] == 1.0, kept
+    assert "kept 8 of 8 heads, 128 of 128 neurons: 100.0% of the Fisher information" in printed, printed
     assert set(report["wall_time_s"]) == {"checks_s", "plan_s", "recovery_s", "report_s"}, report["wall_time_s"]
     assert report["command"].startswith("qacompress compress --model_name_or_path") and report["cpu"]["name"]
     assert (out / "compress_report.png").stat().st_size > 1000

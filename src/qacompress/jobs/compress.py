@@ -357,7 +357,13 @@ def _report(
     pruning = out / "compression_report.json"
     if pruning.is_file():
         kept = atomic.read_json(pruning)
-        report["kept"] = {k: kept[k] for k in ("layers", "heads_kept", "neurons_kept") if k in kept}
+        report["kept"] = {k: kept[k] for k in ("layers", "heads_kept", "heads_total", "neurons_kept", "neurons_total")
+                          if k in kept}  # fmt: skip
+        # The share of M's Fisher information the selection kept: how much recovery has to bring back.
+        selection = kept.get("pruning", {})
+        for key in ("fisher_kept_fraction", "encoder_macs_fraction"):
+            if key in selection:
+                report["kept"][key] = selection[key]
     return report
 
 
@@ -409,6 +415,11 @@ def format_report(report: dict[str, Any]) -> str:
             em, f1 = f"{accuracy['exact_match'][scored]:.2f}", f"{accuracy['f1'][scored]:.2f}"
         lines.append(f"| {label} | {ms[key]:.1f} ms | {em} | {f1} |")
     lines.append("")
+    kept = report.get("kept", {})
+    if "fisher_kept_fraction" in kept:
+        lines.append(f"kept {kept['heads_kept']} of {kept['heads_total']} heads, {kept['neurons_kept']} of "
+                     f"{kept['neurons_total']} neurons: {100 * kept['fisher_kept_fraction']:.1f}% of the Fisher "
+                     f"information, {100 * kept['encoder_macs_fraction']:.1f}% of the encoder's MACs")  # fmt: skip
     lines.append(f"speed-up: {report['speedup']['vs_best_unpruned_ir']:.2f}x over the best unpruned IR, "
                  f"{report['speedup']['vs_model_torch']:.2f}x over torch")  # fmt: skip
     if accuracy:
