@@ -446,9 +446,11 @@ def test_a_latency_target_below_the_fixed_cost_is_one_line_naming_the_smallest_r
 
     monkeypatch.setattr("qacompress.compression.latency.measure_latency_table", table)
     out = tmp_path / "pruned"
-    timing = ["--no_quantize", "--latency_points", "2", "--latency_seconds", "0.1", "--latency_rounds", "5"]
+    timing = ["--no_quantize", "--latency_points", "2", "--latency_seconds", "0.1", "--latency_rounds", "5",
+              "--inference_precision", "bf16"]  # the precision the output runs in is the table's
     assert prune_cli(tiny_bert_dir, out, squad_dir, "--target_latency", "0.01", *timing) == 2
-    assert calls == [(SEQ, {"quantize": False, "points": 2, "rounds": 5, "min_seconds": 0.1, "progress": True})]
+    assert calls == [(SEQ, {"quantize": False, "precision": "bf16", "points": 2, "rounds": 5, "min_seconds": 0.1,
+                            "progress": True})]  # fmt: skip
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("qacompress: error")]
     assert errors == [
