@@ -390,6 +390,11 @@ def test_killed_run_resumes_and_matches(kind, checkpoint, uninterrupted, tmp_pat
     if kind == "jpqd":  # the warm-up's figures survive a resume in the second phase
         first, second = (json.loads((d / "all_results.json").read_text()) for d in (whole, broken))
         assert second["warmup_train_runtime"] > 0 and second["epoch"] == first["epoch"] > second["warmup_epoch"]
+    # The record covers both invocations: the training time before the kill is not lost.
+    phase = "warmup_" if checkpoint == "checkpoint-10" and kind == "jpqd" else ""
+    mine, theirs = (json.loads((d / "all_results.json").read_text()) for d in (broken, whole))
+    assert 0 < mine[f"{phase}train_steps_run"] < theirs[f"{phase}train_steps_run"], (mine, theirs)
+    assert mine[f"{phase}train_runtime_total"] > mine[f"{phase}train_runtime"], mine
 
 
 # --- safe outputs ----------------------------------------------------------------------------------------

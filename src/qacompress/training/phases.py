@@ -143,7 +143,12 @@ def fit(
     )
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
-    return trainer.trained_model(), dict(result.metrics)
+    metrics = dict(result.metrics)
+    clock = trainer.run_clock()
+    # Trainer's figures are this invocation's; these cover the whole run, however often it was resumed.
+    metrics["train_runtime_total"] = round(clock.seconds(), 1)
+    metrics["train_steps_run"] = trainer.state.global_step - clock.first_step
+    return trainer.trained_model(), metrics
 
 
 def with_quantizers(model: torch.nn.Module, run: Run, resume: str | None) -> torch.nn.Module:

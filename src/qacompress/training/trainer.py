@@ -13,7 +13,9 @@
 - `create_scheduler`: one learning-rate schedule across the phases of a JPQD run;
 - `MovementScheduleCallback`: moves the pruning threshold at every optimizer step;
 - `BestCompressionStateCallback`: with `--load_best_model_at_end`, Trainer reloads only the plain
-  weights of the best checkpoint; this puts back its quantizer and importance-score tensors too.
+  weights of the best checkpoint; this puts back its quantizer and importance-score tensors too;
+- `RunClockCallback`: training seconds over every invocation of a resumed run (Trainer's own
+  `train_runtime` counts only the last one).
 The inner training loop stays transformers' own (the old OVTrainer copied it and broke on every
 release).
 """
@@ -36,6 +38,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import speed_metrics
 
 from qacompress.compression.checkpoint import (
@@ -74,6 +77,7 @@ class QACompressTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.add_callback(BestCompressionStateCallback())
+        self.add_callback(RunClockCallback())
         self.teacher = teacher
         # With examples, `eval_dataset` is the full evaluation features (offsets, example ids) and every
         # evaluation is SQuAD-scored; without, `evaluate` is Trainer's own.
@@ -203,6 +207,10 @@ class QACompressTrainer(Trainer):
                 scheduler.step()
         return scheduler
 
+    def run_clock(self) -> RunClockCallback:
+        """This trainer's `RunClockCallback` (looked up: Trainer may replace it when restoring callbacks)."""
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RunClockCallback))
+
     @property
     def is_sharded(self) -> bool:
         """FSDP or DeepSpeed ZeRO-3: each process holds only shards of the weights."""
@@ -271,6 +279,35 @@ class BestCompressionStateCallback(TrainerCallback):
         saved = load_compression_state(state.best_model_checkpoint)
         if saved is not None:
             load_compression_tensors(model, saved)
+
+
+class RunClockCallback(TrainerCallback, ExportableState):
+    """Training seconds summed over the invocations of a resumed run, kept in each checkpoint's
+    `trainer_state.json` (as a stateful callback) so that an interruption loses none of the record; a
+    checkpoint's figure covers the work up to it, not the time lost after it."""
+
+    def __init__(self) -> None:
+        self.earlier_seconds = 0.0  # training time of earlier invocations, up to the checkpoint resumed
+        self.started: float | None = None
+        self.first_step = 0  # the step this invocation started at
+
+    def seconds(self) -> float:
+        """Training seconds of the run so far, over all its invocations."""
+        return self.earlier_seconds + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+    def state(self) -> dict:
+        # Named as the attribute it restores (Trainer sets it with `restore_callback_states_from_checkpoint`).
+        return {"args": {}, "attributes": {"earlier_seconds": round(self.seconds(), 1)}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed state carries the checkpoint's figure (whether or not Trainer restores callbacks); a
+        # checkpoint written before this callback existed has none, and gets an entry to update on save.
+        saved = state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+        self.earlier_seconds = float(saved.get("attributes", {}).get("earlier_seconds", 0.0))
+        self.started, self.first_step = time.perf_counter(), state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.earlier_seconds, self.started = self.seconds(), None
 
 
 class MovementScheduleCallback(TrainerCallback):
