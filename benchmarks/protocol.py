@@ -1,6 +1,7 @@
 """The evidence protocol: every row scored on the same questions, its F1/EM minus the reference's with a
 paired bootstrap 95% interval, beside its budget-matched control where it has one, seeds summarised,
-and every row's latency measured in this one run on the CPU at hand (scores are cached, latencies never).
+and every row's latency measured in this one run on the CPU at hand (scores are cached until the model is
+written again, latencies never).
 
     python benchmarks/protocol.py benchmarks/protocol_rows.json --name evidence_minilm
 
@@ -69,13 +70,20 @@ def measure_scores(row: dict, spec: dict) -> dict:
     """The row's EM/F1, per question too, and size; kept under the cache as it finishes (an interrupted
     run starts again where it stopped) and read back when this CPU scored the same model on the same data."""
     cache = _cache_path(row, spec)
-    if cache.is_file():
+    if cache.is_file() and not _written_since(row["dir"], cache):
         return json.loads(cache.read_text())
     settings = BenchmarkSettings(batch_sizes=(), seq_lengths=(), throughput_seconds=0, precision=_precision(row))
     result = measure_model(row["dir"], name=row["name"], backend=row.get("backend", "auto"), settings=settings,
                            validation=_validation(spec, per_question=True, latency_features=0))  # fmt: skip
     atomic.write_json(cache, result)
     return result
+
+
+def _written_since(model_dir: str, cache: Path) -> bool:
+    """Whether the folder's weights are newer than the cached scores: a model made again in the same folder
+    (a row re-run with other code) is scored again. A folder that is gone keeps its scores."""
+    weights = [p for p in Path(model_dir).glob("*") if p.suffix in (".bin", ".xml", ".safetensors")]
+    return any(p.stat().st_mtime > cache.stat().st_mtime for p in weights)
 
 
 def measure_latency(row: dict, spec: dict) -> dict:

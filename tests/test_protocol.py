@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -78,9 +79,15 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
     assert protocol._cache_path(row | {"precision": "auto"}, spec) != protocol._cache_path(row, spec)
     # Scores are kept: with the model gone, the same scores come back from what was written. Latency is
     # never kept (every table's timings come from one run), so timing the gone model fails.
+    # A model written again into a scored folder is scored again (its weights are newer than the cache).
+    cached = protocol._cache_path(spec["rows"][3], spec)
+    shutil.copy(tiny_bert_dir / "model.safetensors", copy / "model.safetensors")
+    os.utime(copy / "model.safetensors", (cached.stat().st_mtime + 1,) * 2)
+    rescored = protocol.measure_scores(spec["rows"][3], spec)
+    assert rescored["question_scores"] == rows["reference"]["question_scores"] != rows["other copy"]["question_scores"]
     shutil.rmtree(copy)
     again = protocol.measure_scores(spec["rows"][3], spec)
-    assert again["question_scores"] == rows["other copy"]["question_scores"]
+    assert again["question_scores"] == rescored["question_scores"]
     assert again["latency_ms"] == {} and again["real_length"] == {}, (again["latency_ms"], again["real_length"])
     with pytest.raises(QACompressError, match="no such model directory"):
         protocol.measure_row(spec["rows"][3], spec)
