@@ -67,6 +67,35 @@ def test_ptq_baseline_produces_an_int8_ir(ir_dir: Path, tmp_path: Path) -> None:
     assert 'type="FakeQuantize"' in xml
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "model.safetensors").exists()  # a PTQ dir is IR-only
+    # Weights on the grid this CPU computes exactly: 8-bit where VNNI/AMX sum into 32 bits, 7-bit where
+    # AVX2's saturating 16-bit pair sums would overflow with full 8-bit weights (`ptq_overflow_fix`).
+    from qacompress.core.cpu import describe, has_int8_dot_product
+    from qacompress.ir.ptq import quantize_ir
+
+    widest = _int8_weight_ranges(out / "openvino_model.xml")
+    print(f"largest |int8 weight| per constant: {widest} on {describe()}")
+    assert widest and _on_7_bit_grid(widest) != has_int8_dot_product(), widest
+    # The check itself tells the grids apart on this CPU: the same IR with the fix forced on.
+    import openvino as ov
+
+    forced = quantize_ir(ov.Core().read_model(str(ir_dir / "openvino_model.xml")), samples, overflow_fix="enable")
+    ov.save_model(forced, str(tmp_path / "forced.xml"), compress_to_fp16=False)
+    assert _on_7_bit_grid(_int8_weight_ranges(tmp_path / "forced.xml")), _int8_weight_ranges(tmp_path / "forced.xml")
+
+
+def _int8_weight_ranges(xml: Path) -> list[int]:
+    """The largest |value| of each int8 constant of an IR (weights, and the word table when it is int8)."""
+    import numpy as np
+    import openvino as ov
+
+    return [int(np.abs(op.get_data().astype(np.int32)).max()) for op in ov.Core().read_model(str(xml)).get_ops()
+            if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]  # fmt: skip
+
+
+def _on_7_bit_grid(ranges: list[int]) -> bool:
+    """Weights within 7 bits (the int8 embedding tables keep their 8-bit grid; per-channel 8-bit weights
+    reach 127 in every constant)."""
+    return any(r <= 64 for r in ranges)
 
 
 def test_peak_memory_is_the_measured_models_own(ir_dir: Path) -> None:

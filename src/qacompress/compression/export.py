@@ -139,7 +139,7 @@ def write_int8_ir(model: nn.Module, tokenizer, features: Any, count: int, direct
     calibration = [{c: np.asarray([row[c]], dtype=np.int64) for c in columns} for row in rows]
     with tempfile.TemporaryDirectory() as tmp:
         path = export_openvino(model, tokenizer, tmp)
-        # 'enable': 7-bit weights, so that INT8 products do not saturate on CPUs without VNNI (AVX2).
-        quantized = quantize_ir(ov.Core().read_model(str(path)), calibration, overflow_fix="enable")
+        # 8-bit weights where this CPU has VNNI/AMX, 7-bit where it does not (`ptq_overflow_fix`).
+        quantized = quantize_ir(ov.Core().read_model(str(path)), calibration)
         with staged_files(directory) as staging:
             ov.save_model(quantized, str(staging / IR_FILE), compress_to_fp16=False)

@@ -67,7 +67,7 @@ class IRCall:
         ov_model = to_openvino(model, {k: torch.from_numpy(v) for k, v in self.inputs.items()})
         if quantize:
             # Speed does not depend on the ranges, so one synthetic sample calibrates enough.
-            ov_model = quantize_ir(ov_model, [self.inputs], overflow_fix="enable")
+            ov_model = quantize_ir(ov_model, [self.inputs])
         compiled = compile_ir(ov_model, precision=precision)
         self.precision = compiled_precision(compiled)
         self.request = compiled.create_infer_request()
