@@ -118,7 +118,8 @@ def rows() -> list[dict]:
         train("recipe a (JPQD)", "--nncf_compression_config", rel(JPQD_CONFIG), *DISTIL, *RECOVERY_LR,
               control="FP32 control (distilled)"),
         # Is one epoch of recovery the weak part? (1.5x: task loss 1.19 after 416 steps, still falling; the
-        # control's 0.29.) The same selection recovered twice as long, beside a control of that length.
+        # control's 0.29.) The same recipe recovered twice as long, beside a control of that length (its
+        # selection is made again on a latency table timed again, so it can differ by a few heads).
         train("FP32 control (distilled), 2 epochs", "--compression", "none", *DISTIL, *RECOVERY_LR, steps=2 * STEPS),
         compress("recipe b at 1.5x, 2 epochs, seed 42", 42, "1.5", steps=2 * STEPS,
                  control="FP32 control (distilled), 2 epochs"),
