@@ -19,9 +19,8 @@ def ptq_overflow_fix() -> str:
     """NNCF's `overflow_fix` for post-training INT8 on this CPU: `enable` (7-bit weights) where the CPU
     lacks VNNI/AMX, whose saturating 16-bit pair sums full 8-bit weights can overflow; `disable` (8-bit
     weights) where VNNI/AMX sum into 32 bits and are exact. QAT trains on the coarser grid; PTQ cannot:
-    on MiniLM pruned to 0.7 of its MACs, 7-bit weights cost 2.2 F1 more than 8-bit (810 questions of
-    `dev.json`, AMX Xeon), on the unpruned model 0.2. An IR made with 8-bit weights is exact on the
-    VNNI/AMX CPU it was made for, not on an AVX2-only one."""
+    on the MiniLM reference, 7-bit weights cost about half a point of F1 (docs/concepts.md). An IR made
+    with 8-bit weights is exact on the VNNI/AMX CPU it was made for, not on an AVX2-only one."""
     return "disable" if has_int8_dot_product() else "enable"
 
 
