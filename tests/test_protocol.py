@@ -77,8 +77,6 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
     row = spec["rows"][1]
     assert protocol._cache_path(row | {"precision": "f32"}, spec) == protocol._cache_path(row, spec)
     assert protocol._cache_path(row | {"precision": "auto"}, spec) != protocol._cache_path(row, spec)
-    # Scores are kept: with the model gone, the same scores come back from what was written. Latency is
-    # never kept (every table's timings come from one run), so timing the gone model fails.
     # A model written again into a scored folder is scored again (its weights are newer than the cache).
     cached = protocol._cache_path(spec["rows"][3], spec)
     shutil.copy(tiny_bert_dir / "model.safetensors", copy / "model.safetensors")
@@ -86,6 +84,8 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
     rescored = protocol.measure_scores(spec["rows"][3], spec)
     assert rescored["question_scores"] == rows["reference"]["question_scores"] != rows["other copy"]["question_scores"]
     shutil.rmtree(copy)
+    # Scores are kept: with the model gone, the same scores come back from what was written. Latency is
+    # never kept (every table's timings come from one run), so timing the gone model fails.
     again = protocol.measure_scores(spec["rows"][3], spec)
     assert again["question_scores"] == rescored["question_scores"]
     assert again["latency_ms"] == {} and again["real_length"] == {}, (again["latency_ms"], again["real_length"])
