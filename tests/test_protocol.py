@@ -111,8 +111,9 @@ def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
         if "--compression" not in command:  # a recipe: its control is the same training, nothing compressed
             control = table[row["control"]]["command"]
             assert "--compression" in control and control[control.index("--compression") + 1] == "none", row["name"]
-            lr = command[command.index("--learning_rate") + 1]
-            assert control[control.index("--learning_rate") + 1] == lr, (row["name"], row["control"])
+            for flag in ("--learning_rate", "--max_steps"):  # the same schedule and the same number of steps
+                value = command[command.index(flag) + 1]
+                assert control[control.index(flag) + 1] == value, (row["name"], row["control"], flag)
             assert ("--teacher_model_name_or_path" in control) == (
                 "--teacher_model_name_or_path" in command or command[1] == "compress"
             ), (row["name"], row["control"])
