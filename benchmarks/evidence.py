@@ -142,6 +142,7 @@ def wall_seconds(row: dict) -> float | None:
 
 def run(row: dict) -> None:
     """Run a row's command to the end (it resumes by itself), logging to OUT/<name>.log."""
+    OUT.mkdir(parents=True, exist_ok=True)  # a fresh clone has no work folder yet
     command = row["command"]
     if rel(JPQD_CONFIG) in command:
         write_jpqd_config()
