@@ -22,6 +22,7 @@ from qacompress.data.features import prepare_eval_features
 from qacompress.data.squad import load_examples
 from qacompress.jobs.compress import NEAR_UNIFORM
 from qacompress.model.loading import load_tokenizer
+from qacompress.model.surgery import kept_sizes
 
 SEQ = 64
 
@@ -111,6 +112,31 @@ def test_compress_end_to_end_and_resume(tiny_bert_dir, squad_dir, tmp_path, caps
         line = one_error_line(capsys)
         assert f"holds a compress run planned for {planned}" in line, line
         assert (out / "compress_plan.json").read_bytes() == plan_bytes
+
+
+@pytest.mark.slow
+def test_a_pruned_model_compresses_again_distilled_from_the_unpruned_one(tiny_bert_dir, squad_dir, tmp_path, capsys):
+    """A second stage: the input is already pruned (heads per layer differ), the teacher is the unpruned
+    model. Its selection starts from the pruned sizes, and the result is a model folder as any other."""
+    dev = str(squad_dir / "v1.1" / "dev.json")
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model_name_or_path", str(tiny_bert_dir), "--train_file", dev, "--max_train_samples", "6",
+                 "--max_seq_length", str(SEQ), "--doc_stride", "16", "--target_macs", "0.6", "--refit_samples", "16",
+                 "--quantization_samples", "8", "--output_dir", str(pruned)]) == 0  # fmt: skip
+    before = kept_sizes(load_qa_model(str(pruned)))  # what computes something (an emptied layer's stand-in: 0)
+    assert before != [{"heads": 4, "intermediate_size": 64}] * 2, before
+    out = tmp_path / "out"
+    assert compress_cli(pruned, out, squad_dir, "--target_latency", "1.0", "--allow_untrained_model",
+                        "--teacher_model_name_or_path", str(tiny_bert_dir)) == 0  # fmt: skip
+    report = json.loads((out / "compress_report.json").read_text())
+    kept = report["kept"]
+    # A full budget of the pruned model keeps what it has: the sizes prune left, not the original ones.
+    sizes = [(layer["heads"], layer["intermediate_size"]) for layer in before]
+    assert [(layer["heads_kept"], layer["neurons_kept"]) for layer in kept["layers"]] == sizes, (kept, before)
+    assert [(layer["heads_total"], layer["neurons_total"]) for layer in kept["layers"]] == sizes, (kept, before)
+    assert (kept["heads_total"], kept["neurons_total"]) == tuple(map(sum, zip(*sizes))), kept
+    assert main(["evaluate", "--model_name_or_path", str(out), "--validation_file", dev, "--max_eval_samples", "8",
+                 "--max_seq_length", str(SEQ), "--doc_stride", "16"]) == 0  # fmt: skip
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from qacompress.compression.export import export_openvino
 from qacompress.compression.quantization import quantize_model
 from qacompress.core import atomic
 from qacompress.ir.convert import example_inputs
-from qacompress.model.surgery import current_sizes, kept_sizes, linear_weight_count
+from qacompress.model.surgery import kept_sizes, linear_weight_count
 
 REPORT_JSON = "compression_report.json"
 REPORT_PNG = "compression_report.png"
@@ -47,15 +47,16 @@ def compression_report(
     """Compare `model` with the model it started from; write the JSON report (with `extra`, e.g. how
     the structure was chosen) and the plot."""
     base = load_base()
-    before, after = current_sizes(base), kept_sizes(model)
-    heads_total = base.config.num_attention_heads
+    # Totals are the starting model's own units: a model pruned before (heads per layer differ) counts its
+    # own heads and neurons, not those of the architecture it was cut from.
+    before, after = kept_sizes(base), kept_sizes(model)
     weights_before, weights_after = linear_weight_count(base), linear_weight_count(model)
     report: dict[str, Any] = {
         "layers": [
             {
                 "layer": i,
                 "heads_kept": a["heads"],
-                "heads_total": heads_total,
+                "heads_total": b["heads"],
                 "neurons_kept": a["intermediate_size"],
                 "neurons_total": b["intermediate_size"],
             }
@@ -65,7 +66,7 @@ def compression_report(
         "encoder_linear_weights_after": weights_after,
         "encoder_linear_weights_removed_pct": round(100.0 * (1 - weights_after / weights_before), 2),
         "heads_kept": sum(a["heads"] for a in after),
-        "heads_total": heads_total * len(before),
+        "heads_total": sum(b["heads"] for b in before),
         "neurons_kept": sum(a["intermediate_size"] for a in after),
         "neurons_total": sum(b["intermediate_size"] for b in before),
     }
