@@ -104,20 +104,34 @@ def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
     table = {row["name"]: row for row in evidence.rows()}
     trained = [r for r in table.values() if r.get("command", [None, None])[1] in ("train", "compress")]
     assert len(trained) >= 6, sorted(table)
+    def flag(row: dict, name: str) -> str:
+        return row["command"][row["command"].index(name) + 1]
+
+    def stages(row: dict) -> list[dict]:
+        """The row and the rows it starts from (a second stage starts from another row's result)."""
+        return [row] + (stages(table[row["after"]]) if "after" in row else [])
+
     for row in trained:
-        command = row["command"]
-        assert command[command.index("--model_name_or_path") + 1] == evidence.REFERENCE, row["name"]
+        command, first = row["command"], stages(row)[-1]
+        assert flag(first, "--model_name_or_path") == evidence.REFERENCE, row["name"]
+        if "after" in row:
+            assert flag(row, "--model_name_or_path") == evidence.rel(table[row["after"]]["dir"]), row["name"]
+            assert flag(row, "--teacher_model_name_or_path") == evidence.REFERENCE, row["name"]
         assert " ".join(evidence.SCHEDULE) in " ".join(command), row["name"]
         if "--compression" not in command:  # a recipe: its control is the same training, nothing compressed
-            control = table[row["control"]]["command"]
-            assert "--compression" in control and control[control.index("--compression") + 1] == "none", row["name"]
-            for flag in ("--learning_rate", "--max_steps"):  # the same schedule and the same number of steps
-                value = command[command.index(flag) + 1]
-                assert control[control.index(flag) + 1] == value, (row["name"], row["control"], flag)
+            control = table[row["control"]]
+            assert flag(control, "--compression") == "none", row["name"]
+            assert flag(control, "--learning_rate") == flag(row, "--learning_rate"), (row["name"], row["control"])
+            steps = sum(int(flag(stage, "--max_steps")) for stage in stages(row))  # every stage's steps count
+            assert int(flag(control, "--max_steps")) == steps, (row["name"], row["control"], steps)
+            control = control["command"]
             assert ("--teacher_model_name_or_path" in control) == (
                 "--teacher_model_name_or_path" in command or command[1] == "compress"
             ), (row["name"], row["control"])
     assert len({r["seed"] for r in table.values() if r.get("group") == "recipe b"}) >= 2
+    # A second stage is not started before the row it starts from has its result.
+    with pytest.raises(SystemExit, match="run that row first"):
+        evidence.main(["--only", "recipe b in two stages, seed 42"])
     # Only finished rows go to the protocol, with their commands' wall time summed over invocations.
     qat = table["QAT"]
     qat["done"].parent.mkdir(parents=True)
