@@ -7,6 +7,8 @@ a fine-tuned model and little compute. In order:
 2. the most important structure under the constraint, `target_macs` (share of the encoder's
    multiply-accumulates) or `target_latency` (share of the OpenVINO latency, from layer latencies
    measured here: `qacompress.compression.latency`), chosen globally (`qacompress.compression.selection`);
+   under a latency target the chosen model's IR is then timed against the full model's, and chosen
+   again where the table missed (at most `LATENCY_CHECKS` timings);
 3. physical removal (`qacompress.model.surgery.prune_`);
 4. layer-wise least-squares re-fitting of the output projections (`qacompress.compression.refit`);
 `qacompress prune` (`qacompress.jobs.prune`) runs these, then exports (INT8 by post-training
@@ -27,9 +29,9 @@ from torch import nn
 
 from qacompress.compression import latency
 from qacompress.compression.config import PruneConfig
-from qacompress.compression.fisher import fisher_importance
+from qacompress.compression.fisher import Importance, fisher_importance
 from qacompress.compression.refit import refit_
-from qacompress.compression.selection import Selection, encoder_macs, mac_costs, select_structure
+from qacompress.compression.selection import Selection, UnitCosts, encoder_macs, mac_costs, select_structure
 from qacompress.core.errors import BudgetError, QACompressError
 from qacompress.data.features import input_columns
 from qacompress.model.architecture import require_layout
@@ -102,6 +104,11 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         ) from None
     except ValueError as exc:
         raise QACompressError(f"--target_{kind} {fraction}: {exc}") from None
+    if kind == "latency":
+        t0 = time.perf_counter()
+        selection, checks = _meet_measured_latency(model, importance, costs, fraction, selection, config)
+        summary["latency_checks"] = checks
+        timings["latency_checks_s"] = time.perf_counter() - t0
     pruned = copy.deepcopy(model)
     frozen = prune_(pruned, selection.keep)
     summary.update(
@@ -129,6 +136,54 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         100 * summary["fisher_kept_fraction"],
     )  # fmt: skip
     return PruneResult(pruned, summary, frozen)
+
+
+#: At most this many selections are timed against the full model; a measured share this close to the
+#: target (relative) ends the search.
+LATENCY_CHECKS, LATENCY_TOLERANCE = 3, 0.05
+
+
+def _meet_measured_latency(
+    model: nn.Module, importance: Importance, costs: UnitCosts, fraction: float, selection: Selection,
+    config: PruneConfig,
+) -> tuple[Selection, list[dict[str, Any]]]:
+    """Time the selection's IR against the full model's and, where the table missed the target, select
+    again with the table's budget moved by a secant step through the measured shares. Returns the
+    largest selection measured within the target (else the fastest measured) and every check made."""
+    check = latency.LatencyCheck(model, config.seq_length, quantize=config.quantized_latency,
+                                 precision=config.latency_precision, rounds=config.latency_rounds,
+                                 min_seconds=config.latency_seconds)  # fmt: skip
+    budget, tried = fraction, []
+    while True:
+        candidate = copy.deepcopy(model)
+        prune_(candidate, selection.keep)
+        measured = check(candidate)
+        tried.append((selection, {"table_budget": round(budget, 4),
+                                  "predicted": round(selection.cost / selection.full_cost, 4),
+                                  "measured": round(measured["fraction"], 4), "ms": round(measured["ms"], 3),
+                                  "full_model_ms": round(measured["full_model_ms"], 3),
+                                  "heads": selection.heads, "neurons": selection.neurons}))  # fmt: skip
+        logger.info("latency check %d: table budget %.3f, predicted %.3f, measured %.3f of the full model (%.2f of "
+                    "%.2f ms)", len(tried), budget, tried[-1][1]["predicted"], measured["fraction"], measured["ms"],
+                    measured["full_model_ms"])  # fmt: skip
+        if abs(measured["fraction"] - fraction) <= LATENCY_TOLERANCE * fraction or len(tried) == LATENCY_CHECKS:
+            break
+        # A secant step through the last two checks (after the first: through the origin, the measured share
+        # taken as proportional to the budget, as it is where noise makes the secant's slope not positive).
+        (b0, m0), (b1, m1) = ([(0.0, 0.0)] + [(c["table_budget"], c["measured"]) for _, c in tried])[-2:]
+        slope = (m1 - m0) / (b1 - b0) if b1 != b0 else 0.0
+        budget = min(1.0, b1 + (fraction - m1) / slope if slope > 0 else b1 * fraction / m1)
+        try:
+            selection = select_structure(importance, costs, budget)
+        except (BudgetError, ValueError):  # the table cannot go lower: keep what was measured
+            break
+    within = [t for t in tried if t[1]["measured"] <= fraction * (1 + LATENCY_TOLERANCE)]
+    chosen = max(within, key=lambda t: t[1]["measured"]) if within else min(tried, key=lambda t: t[1]["measured"])
+    if not within:
+        logger.warning("the fastest selection measured runs at %.3f of the full model's latency, above the "
+                       "target %.3f", chosen[1]["measured"], fraction)  # fmt: skip
+    chosen[1]["chosen"] = True
+    return chosen[0], [c for _, c in tried]
 
 
 def _keep_everything(model: nn.Module, layout, kind: str) -> PruneResult:
