@@ -40,6 +40,7 @@ def other_model_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, other_model_dir, squad_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(other_model_dir, copy)

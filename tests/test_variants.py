@@ -82,6 +82,7 @@ def low_bit_constants(ir: ov.Model) -> int:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_variants_compute_the_trained_model(qat_dir: Path) -> None:
     """`fp32` of a QAT model = the weights as trained (fake-quantized values folded into constants),
     activations unquantized: no FakeQuantize left, no 8-bit matrix, and logits close to the torch
@@ -310,6 +311,7 @@ def small_vocab_bert(path: Path) -> Path:
     return model_dir
 
 
+@pytest.mark.slow
 def test_qat_of_a_small_vocabulary_model_ends_cleanly(tmp_path: Path, squad_dir: Path) -> None:
     """`train` (QAT) on a model with fewer than 1,000 tokens saved it and then ended in a traceback in
     the INT8-slower check: its synthetic inputs drew token ids from [1000, vocab size)."""
@@ -409,6 +411,7 @@ def test_export_auto_ignores_a_benchmark_json_it_cannot_trust(tiny_bert_dir: Pat
     assert set(timings) == expected_variants(quantized=False) and timings[name] == min(timings.values()), (name, why)
 
 
+@pytest.mark.slow
 def test_export_auto_ships_a_bf16_recommendation_as_the_fp32_ir(qat_dir: Path, tmp_path: Path, capsys) -> None:
     """bf16 is a runtime precision: `benchmark.json` from this CPU recommending it exports the fp32 IR
     (no FakeQuantize, f32 weights, the very IR `--variant fp32` writes) and says how to run it. On a
