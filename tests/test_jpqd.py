@@ -145,6 +145,7 @@ def jpqd_run(tmp_path_factory, tiny_bert_dir, squad_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_jpqd_prunes_and_removes_structure(jpqd_run: Path) -> None:
     report = json.loads((jpqd_run / "compression_report.json").read_text())
     assert (jpqd_run / "compression_report.png").stat().st_size > 1000
@@ -161,6 +162,7 @@ def test_jpqd_prunes_and_removes_structure(jpqd_run: Path) -> None:
     assert report["ir_weight_bytes_after"] < report["ir_weight_bytes_before"]
 
 
+@pytest.mark.slow
 def test_jpqd_ir_runs_and_matches_torch(jpqd_run: Path, squad_dir: Path) -> None:
     """The pruned, quantized IR computes what the fine-tuned torch model computes, on the features of the
     24 questions the run evaluated (test_quantization checks this on a model that was neither pruned
