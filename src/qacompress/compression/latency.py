@@ -180,8 +180,8 @@ class LatencyCheck:
     def __call__(self, candidate: nn.Module) -> dict[str, float]:
         """`fraction`: the candidate's latency over the full model's; both in ms."""
         call = IRCall(candidate.eval(), self.seq_length, self.quantize, self.precision)
-        mine, full = (float(np.median(t)) for t in _interleaved([call, self.full], self.rounds, self.min_seconds,
-                                                                 False, ""))  # fmt: skip
+        rounds = _interleaved([call, self.full], self.rounds, self.min_seconds, False, "")
+        mine, full = (float(np.median(times)) for times in rounds)
         return {"fraction": mine / full, "ms": mine, "full_model_ms": full}
 
 

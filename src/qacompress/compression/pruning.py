@@ -177,8 +177,11 @@ def _meet_measured_latency(
             selection = select_structure(importance, costs, budget)
         except (BudgetError, ValueError):  # the table cannot go lower: keep what was measured
             break
-    within = [t for t in tried if t[1]["measured"] <= fraction * (1 + LATENCY_TOLERANCE)]
-    chosen = max(within, key=lambda t: t[1]["measured"]) if within else min(tried, key=lambda t: t[1]["measured"])
+    def share(attempt: tuple[Selection, dict[str, Any]]) -> float:
+        return attempt[1]["measured"]
+
+    within = [t for t in tried if share(t) <= fraction * (1 + LATENCY_TOLERANCE)]
+    chosen = max(within, key=share) if within else min(tried, key=share)
     if not within:
         logger.warning("the fastest selection measured runs at %.3f of the full model's latency, above the "
                        "target %.3f", chosen[1]["measured"], fraction)  # fmt: skip
