@@ -328,6 +328,14 @@ def test_a_latency_target_is_timed_on_the_chosen_model_and_chosen_again(tiny_ber
     assert all(0 < c["measured"] and c["ms"] > 0 and c["full_model_ms"] > 0 for c in checks), checks
     if len(checks) > 1:  # the second budget moves toward what the first measurement asks
         assert (checks[1]["table_budget"] - target) * (target - checks[0]["measured"]) > 0, checks
+    # The search goes on only past a share outside [0.95, 1] x the target; the model kept is the largest
+    # measured within the target, else the fastest measured: never one measured above it when another was not.
+    band = (1 - LATENCY_TOLERANCE) * target
+    assert not any(band <= c["measured"] <= target for c in checks[:-1]), checks
+    within = [c for c in checks if c["measured"] <= target]
+    best = max(within, key=lambda c: c["measured"]) if within else min(checks, key=lambda c: c["measured"])
+    assert [c for c in checks if c.get("chosen")] == [best], checks
+    assert (result.summary["heads_kept"], result.summary["neurons_kept"]) == (best["heads"], best["neurons"]), checks
     if len(checks) < LATENCY_CHECKS:  # stopped early: on target, or the table could go no lower
         last = checks[-1]
         assert abs(last["measured"] - target) <= LATENCY_TOLERANCE * target or last["measured"] > target, checks

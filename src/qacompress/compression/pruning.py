@@ -138,8 +138,8 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
     return PruneResult(pruned, summary, frozen)
 
 
-#: At most this many selections are timed against the full model; a measured share this close to the
-#: target (relative) ends the search.
+#: At most this many selections are timed against the full model; a measured share within the target
+#: and at most this much (relative) below it ends the search.
 LATENCY_CHECKS, LATENCY_TOLERANCE = 3, 0.05
 
 
@@ -149,10 +149,14 @@ def _meet_measured_latency(
 ) -> tuple[Selection, list[dict[str, Any]]]:
     """Time the selection's IR against the full model's and, where the table missed the target, select
     again with the table's budget moved by a secant step through the measured shares. Returns the
-    largest selection measured within the target (else the fastest measured) and every check made."""
+    largest selection measured within the target (else the fastest measured) and every check made.
+    The steps aim below the target, at the middle of the accepted band: timings of the same pair of
+    IRs vary by several percent between runs (MiniLM on a 2-core EPYC: 0.52 at the check, 0.54-0.59
+    after), and a model accepted a little above the target is slower than asked wherever it is timed."""
     check = latency.LatencyCheck(model, config.seq_length, quantize=config.quantized_latency,
                                  precision=config.latency_precision, rounds=config.latency_rounds,
                                  min_seconds=config.latency_seconds)  # fmt: skip
+    low, aim = fraction * (1 - LATENCY_TOLERANCE), fraction * (1 - LATENCY_TOLERANCE / 2)
     budget, tried = fraction, []
     while True:
         candidate = copy.deepcopy(model)
@@ -166,13 +170,13 @@ def _meet_measured_latency(
         logger.info("latency check %d: table budget %.3f, predicted %.3f, measured %.3f of the full model (%.2f of "
                     "%.2f ms)", len(tried), budget, tried[-1][1]["predicted"], measured["fraction"], measured["ms"],
                     measured["full_model_ms"])  # fmt: skip
-        if abs(measured["fraction"] - fraction) <= LATENCY_TOLERANCE * fraction or len(tried) == LATENCY_CHECKS:
+        if low <= measured["fraction"] <= fraction or len(tried) == LATENCY_CHECKS:
             break
         # A secant step through the last two checks (after the first: through the origin, the measured share
         # taken as proportional to the budget, as it is where noise makes the secant's slope not positive).
         (b0, m0), (b1, m1) = ([(0.0, 0.0)] + [(c["table_budget"], c["measured"]) for _, c in tried])[-2:]
         slope = (m1 - m0) / (b1 - b0) if b1 != b0 else 0.0
-        budget = min(1.0, b1 + (fraction - m1) / slope if slope > 0 else b1 * fraction / m1)
+        budget = min(1.0, b1 + (aim - m1) / slope if slope > 0 else b1 * aim / m1)
         try:
             selection = select_structure(importance, costs, budget)
         except (BudgetError, ValueError):  # the table cannot go lower: keep what was measured
@@ -180,7 +184,7 @@ def _meet_measured_latency(
     def share(attempt: tuple[Selection, dict[str, Any]]) -> float:
         return attempt[1]["measured"]
 
-    within = [t for t in tried if share(t) <= fraction * (1 + LATENCY_TOLERANCE)]
+    within = [t for t in tried if share(t) <= fraction]
     chosen = max(within, key=share) if within else min(tried, key=share)
     if not within:
         logger.warning("the fastest selection measured runs at %.3f of the full model's latency, above the "
