@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from qacompress.compression.export import to_openvino
 from qacompress.compression.selection import UnitCosts
 from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
-from qacompress.core.timing import Timing, synthetic_inputs, time_calls
+from qacompress.core.timing import interleaved, synthetic_inputs
 from qacompress.ir.compile import compile_ir, compiled_precision
 from qacompress.ir.ptq import quantize_ir
 from qacompress.model.architecture import input_names, require_layout
@@ -123,21 +123,10 @@ def compile_layer_grid(
     return LayerGrid(seq_length=seq_length, quantized=quantize, grid=grid, calls=calls, sizes=sizes)
 
 
-def _interleaved(calls: list[IRCall], rounds: int, min_seconds: float, progress: bool, desc: str) -> list[list[float]]:
-    """Each call's median latency (ms) in each of `rounds` rounds of `min_seconds / rounds`, all calls
-    timed once per round, so that load that comes and goes slows them alike."""
-    timing = Timing(warmup=2, min_iterations=5, min_seconds=min_seconds / rounds)
-    medians: list[list[float]] = [[] for _ in calls]
-    for _ in tqdm(range(rounds), desc=desc, disable=not progress, unit="round"):
-        for call, times in zip(calls, medians):
-            times.append(time_calls(call, timing)["median"])
-    return medians
-
-
 def time_layer_grid(grid: LayerGrid, *, rounds: int = 5, min_seconds: float = 1.0, progress: bool = True) -> LatencyTable:
     """Time every IR of `grid` in `rounds` interleaved rounds of `min_seconds / rounds` each; a point's
     latency is the median of its round medians. The table carries the fitted unit costs."""
-    medians = _interleaved(grid.calls, rounds, min_seconds, progress, "Layer latency table: timing")
+    medians = interleaved(grid.calls, rounds, min_seconds, progress=progress, desc="Layer latency table: timing")
     full_model = grid.calls[-1]
     table = LatencyTable(grid.seq_length, grid.quantized, precision=full_model.precision, rounds=rounds)
     table.points = [
@@ -180,7 +169,7 @@ class LatencyCheck:
     def __call__(self, candidate: nn.Module) -> dict[str, float]:
         """`fraction`: the candidate's latency over the full model's; both in ms."""
         call = IRCall(candidate.eval(), self.seq_length, self.quantize, self.precision)
-        rounds = _interleaved([call, self.full], self.rounds, self.min_seconds, False, "")
+        rounds = interleaved([call, self.full], self.rounds, self.min_seconds)
         mine, full = (float(np.median(times)) for times in rounds)
         return {"fraction": mine / full, "ms": mine, "full_model_ms": full}
 

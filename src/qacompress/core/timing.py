@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,20 @@ def time_calls(fn: Callable[[], object], timing: Timing = Timing()) -> dict[str,
         "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3),
         "n": len(times),
     }
+
+
+def interleaved(
+    calls: list[Callable[[], object]], rounds: int, min_seconds: float, *, progress: bool = False, desc: str = ""
+) -> list[list[float]]:
+    """Each call's median latency (ms) in each of `rounds` rounds of `min_seconds / rounds`, all calls
+    timed once per round, so that load that comes and goes on a shared machine slows them alike: the
+    way to compare calls with each other."""
+    timing = Timing(warmup=2, min_iterations=5, min_seconds=min_seconds / rounds)
+    medians: list[list[float]] = [[] for _ in calls]
+    for _ in tqdm(range(rounds), desc=desc, disable=not progress, unit="round"):
+        for call, times in zip(calls, medians):
+            times.append(time_calls(call, timing)["median"])
+    return medians
 
 
 def synthetic_inputs(batch: int, length: int, vocab_size: int, names: tuple[str, ...], seed: int) -> dict[str, np.ndarray]:
