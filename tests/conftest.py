@@ -15,6 +15,11 @@ CONFIGS_DIR = Path(
     os.environ.get("QACOMPRESS_SEED_CONFIGS", REPO_ROOT.parent / "shared" / "configs" / "optimum-intel-qa")
 )
 
+# Under pytest-xdist every worker (and what it launches) computes with one thread: two workers' OpenMP
+# pools spinning on the same two cores slow each other several-fold. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def minilm_dir() -> Path:
     """The packaged all-MiniLM-L6-v2; QACOMPRESS_MINILM_DIR points elsewhere (a GPU machine that
