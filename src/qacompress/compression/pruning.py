@@ -181,6 +181,7 @@ def _meet_measured_latency(
             selection = select_structure(importance, costs, budget)
         except (BudgetError, ValueError):  # the table cannot go lower: keep what was measured
             break
+
     def share(attempt: tuple[Selection, dict[str, Any]]) -> float:
         return attempt[1]["measured"]
 
