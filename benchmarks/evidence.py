@@ -21,6 +21,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SQUAD, WORK  # noqa: E402
 
 from qacompress.core import atomic  # noqa: E402
+from qacompress.core.ondisk import COMPRESS_PLAN, PRUNED_DIR  # noqa: E402
 
 REFERENCE = "benchmarks/reference/minilm-squad12k"
 OUT = WORK / "evidence"
@@ -49,6 +51,10 @@ SCHEDULE = ["--per_device_train_batch_size", "32", "--warmup_steps", "0.1", "--s
 DISTIL = ["--teacher_model_name_or_path", REFERENCE]
 RECOVERY_LR = ["--learning_rate", "1.2e-4"]  # recipe (b)'s (docs/compress.md); its control and recipe (a) share it
 QAT_LR = ["--learning_rate", "3e-5"]  # QAT of a converged model: a small step, as for any further fine-tuning
+# Training batches: padded to length 256 in random order (run_qa's way, and compress's until 2026-12-07: the rows
+# trained before then), or padded to their longest feature in groups of similar length (compress's default since).
+PADDED = ["--pad_to_max_length", "True", "--train_sampling_strategy", "random"]
+GROUPED = ["--pad_to_max_length", "False", "--train_sampling_strategy", "group_by_length"]
 
 
 JPQD_CONFIG = OUT / "minilm-jpqd-budget.json"
@@ -79,13 +85,16 @@ def rows() -> list[dict]:
                *SCHEDULE, "--seed", str(seed), *flags, "--output_dir", rel(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "all_results.json", "seed": seed, **row}
 
-    def compress(name: str, seed: int, speedup: str = "2", steps: int = STEPS, after: str | None = None, **row) -> dict:
+    def compress(name: str, seed: int, speedup: str = "2", steps: int = STEPS, after: str | None = None,
+                 batches: list[str] = PADDED, **row) -> dict:  # fmt: skip
         """`after`: start from that row's result instead of the reference (a second stage), still distilled
-        from the reference."""
+        from the reference. `selection_from` (in `row`): recover that row's selection (its plan and pruned
+        model are copied in before the run, which then resumes from them) instead of selecting again."""
         out = OUT / slug(name)
         model, teacher = (rel(OUT / slug(after)), DISTIL) if after else (REFERENCE, [])
         cmd = ["qacompress", "compress", "--model_name_or_path", model, *teacher, *DATA, "--target_speedup", speedup,
-               "--max_steps", str(steps), *SCHEDULE, *RECOVERY_LR, "--seed", str(seed), "--output_dir", rel(out)]  # fmt: skip
+               "--max_steps", str(steps), *SCHEDULE, *batches, *RECOVERY_LR, "--seed", str(seed),
+               "--output_dir", rel(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "compress_report.json", "seed": seed,
                 **({"after": after} if after else {}), **row}  # fmt: skip
 
@@ -133,10 +142,19 @@ def rows() -> list[dict]:
         # and recovered for another epoch; the same 832 steps in all, distilled from the reference both times.
         compress("recipe b in two stages, seed 42", 42, "1.333", after="recipe b at 1.5x, seed 42",
                  control="FP32 control (distilled), 2 epochs"),
+        # Batches padded per batch and grouped by length (a step takes about half as long): the 2x row and its
+        # control again, so that the shorter steps are seen to cost no accuracy and the row gets its control.
+        train("FP32 control (distilled), 2 epochs, grouped batches", "--compression", "none", *DISTIL, *RECOVERY_LR,
+              *GROUPED, steps=2 * STEPS),
+        # The same selection as the padded row (timings on this VM move the selection between runs: 19 heads
+        # in one, 34 in the other), so that the batches are the only difference.
+        compress("recipe b, 2 epochs, grouped batches, seed 42", 42, steps=2 * STEPS, batches=GROUPED,
+                 selection_from="recipe b, 2 epochs, seed 42",
+                 control="FP32 control (distilled), 2 epochs, grouped batches"),
     ]
     by_name = {row["name"]: row for row in table}
     timed_at_auto = ("reference FP32 IR", "INT8 PTQ", "optimum-intel 2.2 PTQ", "recipe b, seed 42",
-                     "recipe b, 2 epochs, seed 42")  # fmt: skip
+                     "recipe b, 2 epochs, seed 42", "recipe b, 2 epochs, grouped batches, seed 42")  # fmt: skip
     return table + [auto(by_name[name]) for name in timed_at_auto]
 
 
@@ -156,6 +174,13 @@ def run(row: dict) -> None:
     command = row["command"]
     if rel(JPQD_CONFIG) in command:
         write_jpqd_config()
+    if "selection_from" in row and not (row["dir"] / PRUNED_DIR).is_dir():
+        source = OUT / slug(row["selection_from"])
+        if not (source / PRUNED_DIR).is_dir():
+            raise SystemExit(f"{row['name']} recovers the selection of {row['selection_from']!r}: run that row first")
+        row["dir"].mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / COMPRESS_PLAN, row["dir"] / COMPRESS_PLAN)
+        shutil.copytree(source / PRUNED_DIR, row["dir"] / PRUNED_DIR)
     log = OUT / f"{slug(row['name'])}.log"
     print(f"== {row['name']}: {shlex.join(command)}\n   log: {log}", flush=True)
     started = time.perf_counter()
@@ -180,7 +205,7 @@ def rows_file(table: list[dict]) -> Path:
         print(f"left out of the rows file, not run yet: {', '.join(pending)}")
     spec = {
         "validation_file": DEV, "max_seq_length": 256, "doc_stride": 128, "reference": "reference",
-        "rows": [{k: (rel(v) if isinstance(v, Path) else v) for k, v in row.items() if k not in ("done", "command", "after")}
+        "rows": [{k: (rel(v) if isinstance(v, Path) else v) for k, v in row.items() if k not in ("done", "command", "after", "selection_from")}
                  | ({"command": shlex.join(row["command"]), "wall_s": wall_seconds(row)} if "command" in row else {})
                  for row in table if is_done(row)],
     }  # fmt: skip

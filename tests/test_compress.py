@@ -3,12 +3,14 @@ report, resumed when run again; every refusal is one line with exit status 2 and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO_ROOT, minilm_dir, openvino_computes_in, squad_doc, write_json
 
@@ -20,9 +22,12 @@ from qacompress.core.atomic import file_lock
 from qacompress.core.ondisk import COMPRESS_LOCK
 from qacompress.data.features import prepare_eval_features
 from qacompress.data.squad import load_examples
-from qacompress.jobs.compress import NEAR_UNIFORM
+from qacompress.jobs.compress import NEAR_UNIFORM, parse_compress_args
+from qacompress.jobs.train import load_data
 from qacompress.model.loading import load_tokenizer
 from qacompress.model.surgery import kept_sizes
+from qacompress.training.phases import model_inputs
+from qacompress.training.trainer import QACompressTrainer
 
 SEQ = 64
 
@@ -212,3 +217,34 @@ def test_the_fine_tuning_check_tells_the_reference_from_a_fresh_head(squad_dir):
         features = prepare_eval_features(examples, tokenizer, max_seq_length=256, doc_stride=128, pad_to_max_length=False)
         seen[name] = prediction_entropy(load_qa_model(str(path)), feature_batches(features, tokenizer, 8))
     assert seen["reference"] < 0.5 < NEAR_UNIFORM < seen["fresh"], seen
+
+
+def test_recovery_batches_are_padded_to_their_longest_feature_and_grouped_by_length(tiny_bert_dir, squad_dir, tmp_path):
+    """compress trains on batches padded per batch, drawn in groups of similar length (a flag given wins);
+    the batches its trainer draws hold every feature once, each padded to no more than its batch's longest."""
+    dev = str(squad_dir / "v1.1" / "dev.json")
+    base = ["--model_name_or_path", str(tiny_bert_dir), "--train_file", dev, "--target_speedup", "2",
+            "--output_dir", str(tmp_path / "out"), "--max_train_samples", "200", "--per_device_train_batch_size", "8"]
+    _, _, data_args, args = parse_compress_args(base)
+    assert (data_args.pad_to_max_length, args.train_sampling_strategy) == (False, "group_by_length")
+    _, _, given_data, given = parse_compress_args(base + ["--pad_to_max_length", "True", "--train_sampling_strategy", "random"])
+    assert (given_data.pad_to_max_length, given.train_sampling_strategy) == (True, "random")
+
+    args = dataclasses.replace(args, do_train=True, do_eval=False)
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    data = load_data(data_args, args, tokenizer)
+    features = model_inputs(data.train_features, True)
+    lengths = [len(ids) for ids in features["input_ids"]]
+    trainer = QACompressTrainer(model=load_qa_model(str(tiny_bert_dir)), args=args, train_dataset=features,
+                                processing_class=tokenizer, data_collator=data.collator)  # fmt: skip
+    batches = list(trainer.get_train_dataloader())
+    real = [batch["attention_mask"].sum(1) for batch in batches]
+    assert sum(len(r) for r in real) == len(lengths) and sorted(int(n) for r in real for n in r) == sorted(lengths)
+    widths = [batch["input_ids"].shape[1] for batch in batches]
+    assert widths == [int(r.max()) for r in real], (widths, [int(r.max()) for r in real])
+    # Grouped by length: fewer padded tokens than the same batches drawn in a random order would need.
+    padded = sum(w * len(r) for w, r in zip(widths, real))
+    order = np.random.default_rng(0).permutation(lengths)
+    random_padded = sum(max(order[i : i + 8]) * len(order[i : i + 8]) for i in range(0, len(order), 8))
+    print(f"{len(lengths)} features, {sum(lengths)} real tokens: {padded} padded grouped, {random_padded} in random order")
+    assert padded < random_padded and max(widths) <= data_args.max_seq_length
