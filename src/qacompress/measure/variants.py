@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from qacompress.core import atomic
 from qacompress.core.cpu import cpu_info, describe
 from qacompress.core.errors import ModelError
 from qacompress.core.ondisk import IR_FILE
-from qacompress.core.timing import Timing, synthetic_inputs, time_calls
+from qacompress.core.timing import interleaved, synthetic_inputs
 from qacompress.ir.compile import compile_ir
 from qacompress.ir.convert import example_inputs
 from qacompress.ir.ptq import save_ir_dir
@@ -162,12 +163,24 @@ def format_variants(report: dict) -> str:
 
 
 # ---- cheap checks, for export --variant auto and the end of training ----------------------------------
-def quick_latency_ms(ov_model, inputs: dict[str, np.ndarray], calls: int = 7, precision: str = "f32") -> float:
-    """Median batch-1 latency of an in-memory OpenVINO model over a few calls (after one warm-up)."""
+#: Quick timings: this many interleaved rounds, each of at least 5 calls per IR (after 2 warm-up calls)
+#: and QUICK_SECONDS / QUICK_ROUNDS seconds.
+QUICK_ROUNDS, QUICK_SECONDS = 3, 0.3
+
+def _ir_call(ov_model, inputs: dict[str, np.ndarray], precision: str = "f32") -> Callable[[], object]:
+    """One batch-1 inference of an in-memory OpenVINO model, compiled and ready to time."""
     compiled = compile_ir(ov_model, precision=precision)
     request = compiled.create_infer_request()
     feed = {k: inputs[k] for k in (i.get_any_name() for i in compiled.inputs)}
-    return time_calls(lambda: request.infer(feed), Timing(warmup=1, min_iterations=calls, min_seconds=0))["median"]
+    return lambda: request.infer(feed)
+
+
+def quick_latencies(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Median batch-1 latency (ms) of each call over a few interleaved rounds: compared with each other,
+    they see the same load (timed one after the other, load that came and went once made an INT8 IR read
+    13.6 ms where it ran in 7.5)."""
+    rounds = interleaved(list(calls.values()), QUICK_ROUNDS, QUICK_SECONDS)
+    return {name: round(float(np.median(times)), 3) for name, times in zip(calls, rounds)}
 
 
 def quick_compare(model: nn.Module, tokenizer, seq_length: int, names: list[str] | None = None) -> dict[str, float]:
@@ -175,7 +188,7 @@ def quick_compare(model: nn.Module, tokenizer, seq_length: int, names: list[str]
     example = example_inputs(tokenizer)
     names = names or candidates(model)
     vocab = getattr(model.config, "vocab_size", 30522)
-    timings: dict[str, float] = {}
+    calls: dict[str, Callable[[], object]] = {}
     irs: dict[str, object] = {}  # bf16 runs the fp32 IR: converted once
     for name in names:
         ir_name = RUNTIME_VARIANTS.get(name, name)
@@ -183,8 +196,8 @@ def quick_compare(model: nn.Module, tokenizer, seq_length: int, names: list[str]
             irs[ir_name] = to_openvino(model, example, ir_name)
         ov_model = irs[ir_name]
         inputs = synthetic_inputs(1, seq_length, vocab, tuple(i.get_any_name() for i in ov_model.inputs), seed=0)
-        timings[name] = round(quick_latency_ms(ov_model, inputs, precision="bf16" if name == "bf16" else "f32"), 3)
-    return timings
+        calls[name] = _ir_call(ov_model, inputs, precision="bf16" if name == "bf16" else "f32")
+    return quick_latencies(calls)
 
 
 #: A quick timing is a few calls at one length: INT8 counts as slower only beyond this ratio (the
@@ -212,7 +225,7 @@ def warn_if_int8_is_slower(model: nn.Module, tokenizer, ir_dir: str | Path, seq_
     inputs = synthetic_inputs(1, seq_length, getattr(model.config, "vocab_size", 30522),
                               tuple(i.get_any_name() for i in fp32.inputs), seed=0)  # fmt: skip
     int8 = ov.Core().read_model(str(Path(ir_dir) / IR_FILE))
-    timings = {"int8": round(quick_latency_ms(int8, inputs), 3), "fp32": round(quick_latency_ms(fp32, inputs), 3)}
+    timings = quick_latencies({"int8": _ir_call(int8, inputs), "fp32": _ir_call(fp32, inputs)})
     if int8_is_slower(timings):
         logger.warning(
             "this CPU runs the INT8 IR slower than FP32 (%.1f vs %.1f ms at batch 1, length %d; %s): "
