@@ -108,7 +108,8 @@ def rows() -> list[dict]:
         """The same model run at OpenVINO's own precision (bf16 where the CPU has it natively), as
         optimum-intel runs an IR: scored and timed again, listed once its row is done."""
         kept = {k: row[k] for k in ("dir", "done", "unpruned_ir", "control") if k in row}
-        return {"name": f"{row['name']}, auto precision", "precision": "auto", **kept}
+        versus = {"versus": f"{row['versus']}, auto precision"} if "versus" in row else {}  # paired at the same precision
+        return {"name": f"{row['name']}, auto precision", "precision": "auto", **kept, **versus}
 
     fp32_ir, optimum = OUT / "reference-fp32-ir", OUT / "optimum-intel-ptq"
     table = [
@@ -149,7 +150,7 @@ def rows() -> list[dict]:
         # The same selection as the padded row (timings on this VM move the selection between runs: 19 heads
         # in one, 34 in the other), so that the batches are the only difference.
         compress("recipe b, 2 epochs, grouped batches, seed 42", 42, steps=2 * STEPS, batches=GROUPED,
-                 selection_from="recipe b, 2 epochs, seed 42",
+                 selection_from="recipe b, 2 epochs, seed 42", versus="recipe b, 2 epochs, seed 42",
                  control="FP32 control (distilled), 2 epochs, grouped batches"),
     ]
     by_name = {row["name"]: row for row in table}

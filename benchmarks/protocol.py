@@ -17,7 +17,8 @@ A row is a model directory (its IR unless `"backend": "torch"`), run in f32 unle
 otherwise (`"auto"`: OpenVINO's own default, bf16 on CPUs with native bf16, which is how optimum-intel
 runs an IR); the table shows the precision each row computed in. `control` names the row trained for
 the same extra steps without compression; rows that share a `group` are seeds of one recipe and get a
-mean and spread; `"unpruned_ir": true` marks the unpruned IRs (FP32, INT8), the fastest of which is what
+mean and spread; `versus` names another row it is paired with on the same questions (an A/B of one
+setting, such as two ways to batch the same training); `"unpruned_ir": true` marks the unpruned IRs (FP32, INT8), the fastest of which is what
 pruned rows' speed-ups are measured against. Each row's scores are kept under `benchmarks/work/protocol/`
 as they finish, so an interrupted run starts again where it stopped; latencies are measured afresh in
 every run, all rows one after another, so that no table mixes timings of two runs. Writes `benchmarks/results/<name>.json` and `.md`.
@@ -115,14 +116,16 @@ def compare(rows: dict[str, dict], spec: dict) -> list[dict]:
             "b1_ms": measured["latency_ms"][f"b1_s{SEQ_LENGTH}"]["median"],
             "real_length": measured["real_length"], "command": row.get("command"), "wall_s": row.get("wall_s"),
         }  # fmt: skip
-        for against, other in (("reference", reference), ("control", rows.get(row.get("control", ""), None))):
+        for against in ("reference", "control", "versus"):
+            other = reference if against == "reference" else rows.get(row.get(against, ""))
             if other is None:
                 continue
             for metric in ("f1", "exact_match"):
                 diff = paired_bootstrap(other["question_scores"][metric], measured["question_scores"][metric])
                 entry[f"{metric}_vs_{against}"] = diff.as_dict()
-        if row.get("control"):
-            entry["control"] = row["control"]
+        for against in ("control", "versus"):
+            if row.get(against):
+                entry[against] = row[against]
         entry["group"], entry["seed"], entry["unpruned_ir"] = row.get("group"), row.get("seed"), row.get("unpruned_ir", False)
         summary.append(entry)
     reference_ms = next(e["b1_ms"] for e in summary if e["name"] == spec["reference"])
@@ -174,6 +177,9 @@ def markdown(summary: list[dict], seed_groups: dict[str, dict], spec: dict) -> s
             f"{e['latency_vs_reference']:.2f} | {_ratio(e.get('latency_vs_best_unpruned_ir'))} | {e['size_mb']:.1f} | "
             f"{_minutes(e['wall_s'])} |"
         )  # fmt: skip
+    for e in (e for e in summary if "f1_vs_versus" in e):
+        lines.append(f"\n{e['name']} minus {e['versus']}: F1 {_interval(e, 'f1_vs_versus')}, "
+                     f"EM {_interval(e, 'exact_match_vs_versus')}")  # fmt: skip
     for name, g in seed_groups.items():
         lines.append(f"\n{name}: seeds {g['seeds']}, F1 mean {g['f1_mean']:.2f} (min {g['f1_min']:.2f}, max "
                      f"{g['f1_max']:.2f}, sd {g['f1_sd']:.2f}), vs reference {g['f1_vs_reference_mean']:+.2f}")  # fmt: skip

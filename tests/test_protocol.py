@@ -51,7 +51,7 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
             {"name": "reference", "dir": str(tiny_bert_dir), "backend": "torch"},
             {"name": "same model", "dir": str(tiny_bert_dir), "backend": "torch", "group": "g", "seed": 1},
             {"name": "other", "dir": str(other_model_dir), "backend": "torch", "control": "reference", "group": "g", "seed": 2},
-            {"name": "other copy", "dir": str(copy), "backend": "torch"},
+            {"name": "other copy", "dir": str(copy), "backend": "torch", "versus": "other"},
         ],
     }  # fmt: skip
     rows = {row["name"]: protocol.measure_row(row, spec) for row in spec["rows"]}
@@ -67,6 +67,13 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
     assert diff["low"] <= diff["diff"] <= diff["high"] and diff["low"] < diff["high"]
     assert other["f1_vs_control"] == diff and other["control"] == "reference"  # its control is the reference here
     assert "f1_vs_control" not in summary["same model"]
+    # An A/B pair (`versus`): the same weights in another folder answer every question alike.
+    pair = summary["other copy"]
+    assert pair["versus"] == "other" and pair["f1_vs_reference"] == diff, pair
+    assert (pair["f1_vs_versus"]["diff"], pair["f1_vs_versus"]["low"], pair["f1_vs_versus"]["high"]) == (0.0, 0.0, 0.0)
+    assert "f1_vs_versus" not in other
+    text = protocol.markdown(list(summary.values()), protocol.groups(list(summary.values())), spec)
+    assert "other copy minus other: F1 +0.00 [+0.00, +0.00], EM +0.00 [+0.00, +0.00]" in text, text
     # Seeds of one recipe: mean and spread of the group's rows.
     group = protocol.groups(list(summary.values()))["g"]
     assert group["seeds"] == [1, 2] and group["f1_mean"] == pytest.approx((summary["same model"]["f1"] + other["f1"]) / 2)
@@ -108,6 +115,11 @@ def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
     def flag(row: dict, name: str) -> str:
         return row["command"][row["command"].index(name) + 1]
 
+    def batching(row: dict) -> tuple[str, str]:
+        """How the row pads and orders its training batches (`train`'s defaults where it says nothing)."""
+        given = dict(zip(row["command"], row["command"][1:]))
+        return given.get("--pad_to_max_length", "True"), given.get("--train_sampling_strategy", "random")
+
     def stages(row: dict) -> list[dict]:
         """The row and the rows it starts from (a second stage starts from another row's result)."""
         return [row] + (stages(table[row["after"]]) if "after" in row else [])
@@ -123,6 +135,7 @@ def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
             control = table[row["control"]]
             assert flag(control, "--compression") == "none", row["name"]
             assert flag(control, "--learning_rate") == flag(row, "--learning_rate"), (row["name"], row["control"])
+            assert batching(control) == batching(row), (row["name"], row["control"])
             steps = sum(int(flag(stage, "--max_steps")) for stage in stages(row))  # every stage's steps count
             assert int(flag(control, "--max_steps")) == steps, (row["name"], row["control"], steps)
             control = control["command"]
@@ -130,6 +143,14 @@ def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
                 "--teacher_model_name_or_path" in command or command[1] == "compress"
             ), (row["name"], row["control"])
     assert len({r["seed"] for r in table.values() if r.get("group") == "recipe b"}) >= 2
+    # An A/B pair names a row of the table, and differs from it in its batches only.
+    pairs = [r for r in table.values() if "versus" in r]
+    assert pairs and all(r["versus"] in table for r in pairs), [r["name"] for r in pairs]
+    for row in (r for r in pairs if "command" in r):
+        other = table[row["versus"]]
+        assert batching(row) != batching(other), row["name"]
+        same = [a for a in row["command"] if a not in evidence.GROUPED + evidence.PADDED]
+        assert same[:-1] == [a for a in other["command"] if a not in evidence.GROUPED + evidence.PADDED][:-1], row["name"]
     # A second stage is not started before the row it starts from has its result.
     with pytest.raises(SystemExit, match="run that row first"):
         evidence.main(["--only", "recipe b in two stages, seed 42"])
