@@ -167,6 +167,7 @@ def format_variants(report: dict) -> str:
 #: and QUICK_SECONDS / QUICK_ROUNDS seconds.
 QUICK_ROUNDS, QUICK_SECONDS = 3, 0.3
 
+
 def _ir_call(ov_model, inputs: dict[str, np.ndarray], precision: str = "f32") -> Callable[[], object]:
     """One batch-1 inference of an in-memory OpenVINO model, compiled and ready to time."""
     compiled = compile_ir(ov_model, precision=precision)
