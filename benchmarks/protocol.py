@@ -19,9 +19,10 @@ runs an IR); the table shows the precision each row computed in. `control` names
 the same extra steps without compression; rows that share a `group` are seeds of one recipe and get a
 mean and spread; `versus` names another row it is paired with on the same questions (an A/B of one
 setting, such as two ways to batch the same training); `"unpruned_ir": true` marks the unpruned IRs
-(FP32, INT8), the fastest of which is what pruned rows' speed-ups are measured against. Each row's scores are kept under `benchmarks/work/protocol/`
-as they finish, so an interrupted run starts again where it stopped; latencies are measured afresh in
-every run, all rows one after another, so that no table mixes timings of two runs. Writes `benchmarks/results/<name>.json` and `.md`.
+(FP32, INT8), the fastest of which is what pruned rows' speed-ups are measured against. Each row's
+scores are kept under `benchmarks/work/protocol/` as they finish, so an interrupted run starts again where
+it stopped; latencies are measured afresh in every run, all rows one after another, so that no table
+mixes timings of two runs. Writes `benchmarks/results/<name>.json` and `.md`.
 """
 
 from __future__ import annotations
