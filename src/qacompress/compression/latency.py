@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from qacompress.compression.export import to_openvino
 from qacompress.compression.selection import UnitCosts
 from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
-from qacompress.core.timing import interleaved, synthetic_inputs
+from qacompress.core.timing import interleaved, interleaved_medians, synthetic_inputs
 from qacompress.ir.compile import compile_ir, compiled_precision
 from qacompress.ir.ptq import quantize_ir
 from qacompress.model.architecture import input_names, require_layout
@@ -169,8 +169,8 @@ class LatencyCheck:
     def __call__(self, candidate: nn.Module) -> dict[str, float]:
         """`fraction`: the candidate's latency over the full model's; both in ms."""
         call = IRCall(candidate.eval(), self.seq_length, self.quantize, self.precision)
-        rounds = interleaved([call, self.full], self.rounds, self.min_seconds)
-        mine, full = (float(np.median(times)) for times in rounds)
+        ms = interleaved_medians({"mine": call, "full": self.full}, self.rounds, self.min_seconds)
+        mine, full = ms["mine"], ms["full"]
         return {"fraction": mine / full, "ms": mine, "full_model_ms": full}
 
 

@@ -59,6 +59,12 @@ def interleaved(
     return medians
 
 
+def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, min_seconds: float) -> dict[str, float]:
+    """Each named call's latency (ms): the median of its round medians in `interleaved` rounds."""
+    per_round = interleaved(list(calls.values()), rounds, min_seconds)
+    return {name: float(np.median(times)) for name, times in zip(calls, per_round)}
+
+
 def synthetic_inputs(batch: int, length: int, vocab_size: int, names: tuple[str, ...], seed: int) -> dict[str, np.ndarray]:
     """Token ids of a given shape (speed does not depend on which tokens they are). Ordinary words of a
     WordPiece vocabulary start near id 1000; a smaller vocabulary draws from its upper half."""

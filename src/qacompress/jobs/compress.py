@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from transformers import HfArgumentParser
 
 from qacompress.compression.checkpoint import load_qa_model
@@ -55,7 +54,7 @@ from qacompress.core.ondisk import (
     FINETUNE_DIR,
     PRUNED_DIR,
 )
-from qacompress.core.timing import interleaved, synthetic_inputs
+from qacompress.core.timing import interleaved_medians, synthetic_inputs
 from qacompress.data.arguments import DataTrainingArguments, split_source
 from qacompress.data.features import prepare_eval_features
 from qacompress.data.intervals import paired_bootstrap
@@ -274,8 +273,7 @@ def _plan(
     calls = {precision: IRCall(model, seq_length, quantize, inference_precision)
              for precision, quantize in (("fp32", False), ("int8", True))}  # fmt: skip
     # Compared in interleaved rounds, as the report compares: load that comes and goes slows both alike.
-    rounds = interleaved(list(calls.values()), 5, 3.0)
-    ms = {precision: float(np.median(times)) for precision, times in zip(calls, rounds)}
+    ms = interleaved_medians(calls, 5, 3.0)
     computed_in = {precision: call.precision for precision, call in calls.items()}
     precision = min(ms, key=ms.get)
     plan = {
@@ -350,9 +348,8 @@ def _report(
     unpruned = IRCall(model, length, plan["precision"] == "int8", hint)
     # In interleaved rounds: timed one after the other, 3 s each, the same result once read 1.46x against
     # M's INT8 IR on a 2-core EPYC where interleaved timings gave 1.7-1.9x.
-    rounds = interleaved([lambda: torch_model(inputs), unpruned, lambda: result_ir(inputs)], 7, 3.0)
-    names = ("model_torch", f"model_{plan['precision']}_ir", "result_ir")
-    ms = {name: float(np.median(times)) for name, times in zip(names, rounds)}
+    ms = interleaved_medians({"model_torch": lambda: torch_model(inputs), f"model_{plan['precision']}_ir": unpruned,
+                              "result_ir": lambda: result_ir(inputs)}, 7, 3.0)  # fmt: skip
     report["latency_ms"] = {"batch": 1, "seq_length": length, **ms}
     report["speedup"] = {
         "vs_model_torch": round(ms["model_torch"] / ms["result_ir"], 2),

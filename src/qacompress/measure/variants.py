@@ -27,7 +27,7 @@ from qacompress.core import atomic
 from qacompress.core.cpu import cpu_info, describe
 from qacompress.core.errors import ModelError
 from qacompress.core.ondisk import IR_FILE
-from qacompress.core.timing import interleaved, synthetic_inputs
+from qacompress.core.timing import interleaved_medians, synthetic_inputs
 from qacompress.ir.compile import compile_ir
 from qacompress.ir.convert import example_inputs
 from qacompress.ir.ptq import save_ir_dir
@@ -180,8 +180,7 @@ def quick_latencies(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
     """Median batch-1 latency (ms) of each call over a few interleaved rounds: compared with each other,
     they see the same load (timed one after the other, load that came and went once made an INT8 IR read
     13.6 ms where it ran in 7.5)."""
-    rounds = interleaved(list(calls.values()), QUICK_ROUNDS, QUICK_SECONDS)
-    return {name: round(float(np.median(times)), 3) for name, times in zip(calls, rounds)}
+    return {name: round(ms, 3) for name, ms in interleaved_medians(calls, QUICK_ROUNDS, QUICK_SECONDS).items()}
 
 
 def quick_compare(model: nn.Module, tokenizer, seq_length: int, names: list[str] | None = None) -> dict[str, float]:
