@@ -21,8 +21,10 @@ mean and spread; `versus` names another row it is paired with on the same questi
 setting, such as two ways to batch the same training); `"unpruned_ir": true` marks the unpruned IRs
 (FP32, INT8), the fastest of which is what pruned rows' speed-ups are measured against. Each row's
 scores are kept under `benchmarks/work/protocol/` as they finish, so an interrupted run starts again where
-it stopped; latencies are measured afresh in every run, all rows one after another, so that no table
-mixes timings of two runs. Writes `benchmarks/results/<name>.json` and `.md`.
+it stopped; latencies are measured afresh in every run, so that no table mixes timings of two runs: each
+row in a process of its own (peak memory, real lengths), then the IR rows' batch-1 latency at length 256
+again in interleaved rounds in one process (`INTERLEAVED_ROUNDS`), the figure their ratios use. Writes
+`benchmarks/results/<name>.json` and `.md`.
 """
 
 from __future__ import annotations
@@ -39,13 +41,19 @@ from common import WORK, write_results  # noqa: E402
 
 from qacompress.core import atomic
 from qacompress.core.cpu import cpu_info
+from qacompress.core.timing import interleaved_medians, synthetic_inputs
 from qacompress.data.intervals import paired_bootstrap
+from qacompress.ir.runtime import OpenVINOQAModel
 from qacompress.measure.benchmark import BenchmarkSettings, measure_model
+from qacompress.model.loading import is_openvino_dir, load_config
 
 #: batch 1 at this length, as issue 22 asks, besides the real (unpadded) features
 SEQ_LENGTH = 256
 #: real-length latency over the first features of the file (all 11k would add minutes per row, not precision)
 LATENCY_FEATURES = 2000
+#: the IR rows timed against each other: rounds, and seconds per row in all (timed one after the other in three
+#: runs on one VM, the same pruned architecture read 0.47 to 0.57 of the fastest unpruned IR)
+INTERLEAVED_ROUNDS, INTERLEAVED_SECONDS = 10, 3.0
 
 
 def _cache_path(row: dict, spec: dict) -> Path:
@@ -97,6 +105,20 @@ def measure_latency(row: dict, spec: dict) -> dict:
                          validation=validation)  # fmt: skip
 
 
+def interleaved_latency(spec: dict) -> dict[str, float]:
+    """Batch-1 latency (ms) at length 256 of every IR row, all loaded in one process and timed in interleaved
+    rounds: load that comes and goes on a shared machine slows every row alike, so their ratios hold. Torch
+    rows keep their own process's timing (torch's thread pool beside OpenVINO's would share the same cores)."""
+    calls = {}
+    for row in (r for r in spec["rows"] if r.get("backend") != "torch" and is_openvino_dir(r["dir"])):
+        runner = OpenVINOQAModel(row["dir"], precision=_precision(row))
+        vocab = getattr(load_config(row["dir"]), "vocab_size", 30522)
+        inputs = synthetic_inputs(1, SEQ_LENGTH, vocab, runner.input_names, seed=0)
+        calls[row["name"]] = lambda runner=runner, inputs=inputs: runner(inputs)
+    timed = interleaved_medians(calls, INTERLEAVED_ROUNDS, INTERLEAVED_SECONDS)
+    return {name: round(ms, 3) for name, ms in timed.items()}
+
+
 def measure_row(row: dict, spec: dict) -> dict:
     """Scores (cached) and latencies (measured now) of one row, as one result."""
     timed = measure_latency(row, spec)
@@ -104,17 +126,21 @@ def measure_row(row: dict, spec: dict) -> dict:
     return measure_scores(row, spec) | {key: timed[key] for key in kept}
 
 
-def compare(rows: dict[str, dict], spec: dict) -> list[dict]:
-    """One summary per row: scores, paired differences to the reference and to its control, latencies."""
+def compare(rows: dict[str, dict], spec: dict, interleaved: dict[str, float] | None = None) -> list[dict]:
+    """One summary per row: scores, paired differences to the reference and to its control, latencies
+    (`interleaved`: the IR rows' batch-1 latency from `interleaved_latency`, used in place of their own)."""
     reference = rows[spec["reference"]]
+    interleaved = interleaved or {}
     summary = []
     for row in spec["rows"]:
         measured = rows[row["name"]]
+        own_ms = measured["latency_ms"][f"b1_s{SEQ_LENGTH}"]["median"]
         entry = {
             "name": row["name"], "dir": row["dir"], "backend": measured["backend"], "precision": measured["precision"],
             "size_mb": measured["size_mb"],
             "exact_match": measured["metrics"]["exact_match"], "f1": measured["metrics"]["f1"],
-            "b1_ms": measured["latency_ms"][f"b1_s{SEQ_LENGTH}"]["median"],
+            "b1_ms": interleaved.get(row["name"], own_ms), "b1_ms_own_process": own_ms,
+            "b1_timing": "interleaved" if row["name"] in interleaved else "own process",
             "real_length": measured["real_length"], "command": row.get("command"), "wall_s": row.get("wall_s"),
         }  # fmt: skip
         for against in ("reference", "control", "versus"):
@@ -167,7 +193,9 @@ def _minutes(seconds: float | None) -> str:
 def markdown(summary: list[dict], seed_groups: dict[str, dict], spec: dict) -> str:
     questions = next(iter(summary))["f1_vs_reference"]["questions"]
     lines = [f"{questions} questions of `{Path(spec['validation_file']).name}`, length {spec['max_seq_length']}; "
-             "differences: row minus reference (or minus its control), paired bootstrap 95% interval", "",
+             "differences: row minus reference (or minus its control), paired bootstrap 95% interval; b1 ms: "
+             f"IR rows timed against each other in {INTERLEAVED_ROUNDS} interleaved rounds, torch rows and real "
+             "lengths each in a process of its own", "",
              "| row | backend, precision | EM | F1 | F1 vs reference | EM vs reference | F1 vs control | b1 ms (len 256) | "
              "real lengths b1 p50 ms | x reference | x best unpruned IR | MB | command wall |", "|" + "---|" * 13]  # fmt: skip
     for e in summary:
@@ -203,7 +231,8 @@ def main(argv: list[str]) -> int:
     for row in spec["rows"]:
         print(f"timing {row['name']}", flush=True)
         rows[row["name"]] = measure_row(row, spec)
-    summary = compare(rows, spec)
+    print(f"timing the IR rows against each other ({INTERLEAVED_ROUNDS} interleaved rounds)", flush=True)
+    summary = compare(rows, spec, interleaved_latency(spec))
     seed_groups = groups(summary)
     text = markdown(summary, seed_groups, spec)
     print(text)

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from qacompress.compression.checkpoint import load_qa_model
+from qacompress.compression.export import save_model_dir
 from qacompress.core.errors import QACompressError
+from qacompress.model.loading import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,9 +31,6 @@ def protocol():
 @pytest.fixture(scope="module")
 def other_model_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     """The tiny BERT with its QA head drawn again: other answers on the same questions."""
-    from qacompress.compression.checkpoint import load_qa_model
-    from qacompress.model.loading import load_tokenizer
-
     torch.manual_seed(7)
     model = load_qa_model(str(tiny_bert_dir))
     torch.nn.init.normal_(model.qa_outputs.weight, std=0.5)
@@ -44,6 +44,7 @@ def other_model_dir(tiny_bert_dir, tmp_path_factory) -> Path:
 def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, other_model_dir, squad_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(other_model_dir, copy)
+    ir_dir = save_model_dir(load_qa_model(str(tiny_bert_dir)), load_tokenizer(str(tiny_bert_dir)), tmp_path / "ir")
     spec = {
         "validation_file": str(squad_dir / "v1.1" / "dev.json"), "max_seq_length": 64, "doc_stride": 16,
         "max_samples": 40, "latency_features": 5, "cache_dir": str(tmp_path / "cache"), "reference": "reference",
@@ -52,10 +53,19 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
             {"name": "same model", "dir": str(tiny_bert_dir), "backend": "torch", "group": "g", "seed": 1},
             {"name": "other", "dir": str(other_model_dir), "backend": "torch", "control": "reference", "group": "g", "seed": 2},
             {"name": "other copy", "dir": str(copy), "backend": "torch", "versus": "other"},
+            {"name": "reference IR", "dir": str(ir_dir), "unpruned_ir": True},
         ],
     }  # fmt: skip
     rows = {row["name"]: protocol.measure_row(row, spec) for row in spec["rows"]}
-    summary = {e["name"]: e for e in protocol.compare(rows, spec)}
+    # The IR rows are timed again against each other in interleaved rounds, and their ratios use that timing.
+    interleaved = protocol.interleaved_latency(spec)
+    assert list(interleaved) == ["reference IR"] and interleaved["reference IR"] > 0, interleaved
+    summary = {e["name"]: e for e in protocol.compare(rows, spec, interleaved)}
+    ir = summary["reference IR"]
+    assert (ir["b1_ms"], ir["b1_timing"]) == (interleaved["reference IR"], "interleaved"), ir
+    assert ir["latency_vs_best_unpruned_ir"] == 1.0, ir
+    assert ir["b1_ms_own_process"] == rows["reference IR"]["latency_ms"][f"b1_s{protocol.SEQ_LENGTH}"]["median"], ir
+    assert summary["reference"]["b1_timing"] == "own process", summary["reference"]
     # The reference against itself: no difference, and an interval of zero width.
     same = summary["same model"]["f1_vs_reference"]
     assert (same["diff"], same["low"], same["high"], same["questions"]) == (0.0, 0.0, 0.0, 40), same
@@ -143,14 +153,17 @@ def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
                 "--teacher_model_name_or_path" in command or command[1] == "compress"
             ), (row["name"], row["control"])
     assert len({r["seed"] for r in table.values() if r.get("group") == "recipe b"}) >= 2
-    # An A/B pair names a row of the table, and differs from it in its batches only.
+    # An A/B pair names a row of the table, and differs from it in one setting: its batches or its steps.
+    def settings(row: dict) -> dict[str, str]:
+        command = row["command"]
+        return {a: b for a, b in zip(command, command[1:]) if a.startswith("--") and a != "--output_dir"}
+
     pairs = [r for r in table.values() if "versus" in r]
     assert pairs and all(r["versus"] in table for r in pairs), [r["name"] for r in pairs]
     for row in (r for r in pairs if "command" in r):
-        other = table[row["versus"]]
-        assert batching(row) != batching(other), row["name"]
-        same = [a for a in row["command"] if a not in evidence.GROUPED + evidence.PADDED]
-        assert same[:-1] == [a for a in other["command"] if a not in evidence.GROUPED + evidence.PADDED][:-1], row["name"]
+        mine, other = settings(row), settings(table[row["versus"]])
+        differ = {k for k in mine.keys() | other.keys() if mine.get(k) != other.get(k)}
+        assert differ in ({"--pad_to_max_length", "--train_sampling_strategy"}, {"--max_steps"}), (row["name"], differ)
     # A second stage is not started before the row it starts from has its result.
     with pytest.raises(SystemExit, match="run that row first"):
         evidence.main(["--only", "recipe b in two stages, seed 42"])
