@@ -113,6 +113,7 @@ def rows() -> list[dict]:
 
     fp32_ir, optimum = OUT / "reference-fp32-ir", OUT / "optimum-intel-ptq"
     grouped_control_2 = "FP32 control (distilled), 2 epochs, grouped batches"
+    grouped_control_4 = "FP32 control (distilled), 4 epochs, grouped batches"
     table = [
         {"name": "reference", "dir": Path(REFERENCE), "backend": "torch"},
         {"name": "reference FP32 IR", "dir": fp32_ir, "done": fp32_ir / "openvino_model.xml", "unpruned_ir": True,
@@ -157,11 +158,10 @@ def rows() -> list[dict]:
                  group="recipe b, 2 epochs, grouped batches", control=grouped_control_2),
         # Does a longer recovery close the rest? (1.5x: a second epoch closed 2 of 4.6 points; at 2x the recipe's
         # task loss ended at 1.08 after two epochs, its control's at 0.37.) The same selection again, 4 epochs.
-        train("FP32 control (distilled), 4 epochs, grouped batches", "--compression", "none", *DISTIL, *RECOVERY_LR,
-              *GROUPED, steps=4 * STEPS),
+        train(grouped_control_4, "--compression", "none", *DISTIL, *RECOVERY_LR, *GROUPED, steps=4 * STEPS),
         compress("recipe b, 4 epochs, grouped batches, seed 42", 42, steps=4 * STEPS, batches=GROUPED,
                  selection_from="recipe b, 2 epochs, seed 42", versus="recipe b, 2 epochs, grouped batches, seed 42",
-                 control="FP32 control (distilled), 4 epochs, grouped batches"),
+                 control=grouped_control_4),
     ]
     by_name = {row["name"]: row for row in table}
     timed_at_auto = ("reference FP32 IR", "INT8 PTQ", "optimum-intel 2.2 PTQ", "recipe b, seed 42",
