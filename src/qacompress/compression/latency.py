@@ -32,7 +32,7 @@ from qacompress.compression.export import to_openvino
 from qacompress.compression.selection import UnitCosts
 from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
 from qacompress.core.timing import interleaved, interleaved_medians, synthetic_inputs
-from qacompress.ir.compile import compile_ir, compiled_precision
+from qacompress.ir.compile import bound_inference
 from qacompress.ir.ptq import quantize_ir
 from qacompress.model.architecture import input_names, require_layout
 from qacompress.model.surgery import LayerKeep, current_sizes, prune_
@@ -68,12 +68,10 @@ class IRCall:
         if quantize:
             # Speed does not depend on the ranges, so one synthetic sample calibrates enough.
             ov_model = quantize_ir(ov_model, [self.inputs])
-        compiled = compile_ir(ov_model, precision=precision)
-        self.precision = compiled_precision(compiled)
-        self.request = compiled.create_infer_request()
+        self.infer, self.precision = bound_inference(ov_model, self.inputs, precision=precision)
 
     def __call__(self) -> object:
-        return self.request.infer(self.inputs)
+        return self.infer()
 
 
 def _grid(full: int, points: int) -> list[int]:

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from qacompress.compression.checkpoint import load_qa_model
@@ -28,7 +27,7 @@ from qacompress.core.cpu import cpu_info, describe
 from qacompress.core.errors import ModelError
 from qacompress.core.ondisk import IR_FILE
 from qacompress.core.timing import interleaved_medians, synthetic_inputs
-from qacompress.ir.compile import compile_ir
+from qacompress.ir.compile import bound_inference
 from qacompress.ir.convert import example_inputs
 from qacompress.ir.ptq import save_ir_dir
 from qacompress.measure.benchmark import BenchmarkSettings, measure_model
@@ -168,14 +167,6 @@ def format_variants(report: dict) -> str:
 QUICK_ROUNDS, QUICK_SECONDS = 3, 0.3
 
 
-def _ir_call(ov_model, inputs: dict[str, np.ndarray], precision: str = "f32") -> Callable[[], object]:
-    """One batch-1 inference of an in-memory OpenVINO model, compiled and ready to time."""
-    compiled = compile_ir(ov_model, precision=precision)
-    request = compiled.create_infer_request()
-    feed = {k: inputs[k] for k in (i.get_any_name() for i in compiled.inputs)}
-    return lambda: request.infer(feed)
-
-
 def quick_latencies(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
     """Median batch-1 latency (ms) of each call over a few interleaved rounds: compared with each other,
     they see the same load (timed one after the other, load that came and went once made an INT8 IR read
@@ -196,7 +187,7 @@ def quick_compare(model: nn.Module, tokenizer, seq_length: int, names: list[str]
             irs[ir_name] = to_openvino(model, example, ir_name)
         ov_model = irs[ir_name]
         inputs = synthetic_inputs(1, seq_length, vocab, tuple(i.get_any_name() for i in ov_model.inputs), seed=0)
-        calls[name] = _ir_call(ov_model, inputs, precision="bf16" if name == "bf16" else "f32")
+        calls[name] = bound_inference(ov_model, inputs, precision="bf16" if name == "bf16" else "f32")[0]
     return quick_latencies(calls)
 
 
@@ -225,7 +216,7 @@ def warn_if_int8_is_slower(model: nn.Module, tokenizer, ir_dir: str | Path, seq_
     inputs = synthetic_inputs(1, seq_length, getattr(model.config, "vocab_size", 30522),
                               tuple(i.get_any_name() for i in fp32.inputs), seed=0)  # fmt: skip
     int8 = ov.Core().read_model(str(Path(ir_dir) / IR_FILE))
-    timings = quick_latencies({"int8": _ir_call(int8, inputs), "fp32": _ir_call(fp32, inputs)})
+    timings = quick_latencies({"int8": bound_inference(int8, inputs)[0], "fp32": bound_inference(fp32, inputs)[0]})
     if int8_is_slower(timings):
         logger.warning(
             "this CPU runs the INT8 IR slower than FP32 (%.1f vs %.1f ms at batch 1, length %d; %s): "
