@@ -13,6 +13,7 @@ import torch
 from qacompress.compression.checkpoint import load_qa_model
 from qacompress.compression.distillation import (
     DistillationConfig,
+    TeacherLogits,
     check_teacher_tokenizer,
     distillation_loss,
     freeze_teacher,
@@ -247,6 +248,55 @@ def test_trainer_loss_combines_task_and_distillation(tiny_bert_dir, tokenizer, b
     with torch.no_grad():
         eval_loss = trainer.compute_loss(model, dict(batch))
         assert eval_loss.item() == pytest.approx(student(**batch).loss.item(), rel=1e-6)
+
+
+def test_teacher_logits_are_the_teachers_at_any_padding_and_computed_once_per_feature(tiny_bert_dir, tokenizer):
+    teacher = freeze_teacher(no_dropout_model(tiny_bert_dir, seed=123))
+    kept = TeacherLogits(teacher)
+    questions = [QUESTION, "When was the parade?", "What led the parade?"]
+
+    def encode(rows, padding):
+        enc = tokenizer([questions[r] for r in rows], [CONTEXT] * len(rows), padding=padding, max_length=40,
+                        return_tensors="pt")  # fmt: skip
+        return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def check(inputs, computed):
+        start, end = kept(inputs)
+        with torch.no_grad():
+            own = teacher(**inputs)
+        real = inputs["attention_mask"].bool()
+        gap = max((start - own.start_logits)[real].abs().max().item(), (end - own.end_logits)[real].abs().max().item())
+        print(f"shape {tuple(start.shape)}: largest gap to the teacher's own logits {gap:.2e}; "
+              f"computed {kept.computed}")  # fmt: skip
+        assert gap < 1e-5
+        assert (start[~real] == 0).all() and (end[~real] == 0).all()
+        assert kept.computed == computed
+
+    padded = encode([0, 1], "max_length")
+    assert (padded["attention_mask"] == 0).any()
+    check(padded, computed=2)
+    check(encode([1, 0], "longest"), computed=2)  # the same features, shorter padding, other order: kept
+    check(encode([2, 0], "longest"), computed=3)  # one new feature: the teacher runs on it alone
+
+
+def test_trainer_runs_the_teacher_once_per_feature_unless_it_distils_hidden_states(
+    tiny_bert_dir, tokenizer, batch, tmp_path
+):
+    student = no_dropout_model(tiny_bert_dir)
+    teacher = freeze_teacher(no_dropout_model(tiny_bert_dir, seed=123))
+    forwards = []
+    teacher.register_forward_hook(lambda module, args, kwargs: forwards.append(1))
+    trainer = make_trainer(tmp_path, student, tokenizer, teacher=teacher)
+    trainer.model.train()
+    first = trainer.compute_loss(trainer.model, dict(batch)).item()
+    again = trainer.compute_loss(trainer.model, dict(batch)).item()  # a second epoch sees the same features
+    print(f"losses {first:.6f} then {again:.6f}; teacher forwards {len(forwards)}")
+    assert again == pytest.approx(first, rel=1e-6)
+    assert len(forwards) == 1
+
+    trainer.distillation = DistillationConfig(0.25, 2.0, hidden_distillation_weight=1.0)
+    trainer.compute_loss(trainer.model, dict(batch))
+    assert len(forwards) == 2  # hidden states are not kept: the teacher runs
 
 
 def test_trainer_loss_without_teacher_is_the_task_loss(tiny_bert_dir, tokenizer, batch, tmp_path):

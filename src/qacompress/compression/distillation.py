@@ -13,6 +13,7 @@ dynamic layer matching, without its learned projection since the hidden sizes ag
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -63,6 +64,48 @@ def distillation_loss(
         kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
         losses.append(kl * temperature**2)
     return sum(losses) / len(losses)
+
+
+class TeacherLogits:
+    """A frozen teacher's start/end logits per training feature, computed at its first sight and kept.
+
+    A recovery of several epochs shows the teacher each feature once per epoch, and a frozen teacher in eval
+    mode answers the same every time: its forward (about a quarter of a recovery step of a pruned MiniLM on
+    2 cores) then runs once per feature, not once per epoch. A feature is known by its tokens and token
+    types at its unpadded positions, and its logits are kept for those positions only, so a batch padded to
+    another length finds them (padding is masked out of the distillation loss). Kept in float32: about
+    1.3 KB for a feature of 160 tokens, under 20 MB for train-12k's 13,290 features, about 120 MB for all
+    of SQuAD v1.1's 88k.
+    """
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+        self.kept: dict[bytes, torch.Tensor] = {}  # (2, unpadded length) start and end logits per feature
+        self.computed = 0  # features the teacher ran on (the others came from `kept`)
+
+    @staticmethod
+    def _key(inputs: dict[str, torch.Tensor], row: int, mask: torch.Tensor) -> bytes:
+        digest = hashlib.blake2b(digest_size=16)
+        for name in ("input_ids", "token_type_ids"):
+            if name in inputs:
+                digest.update(inputs[name][row][mask].cpu().numpy().tobytes())
+        return digest.digest()
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits of a batch (`inputs`: model inputs without labels), zero at padding."""
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask", torch.ones_like(ids)).bool()
+        keys = [self._key(inputs, row, mask[row]) for row in range(ids.shape[0])]
+        missing = [row for row, key in enumerate(keys) if key not in self.kept]
+        if missing:
+            with torch.no_grad():
+                out = self.teacher(**{name: value[missing] for name, value in inputs.items()})
+            for i, row in enumerate(missing):
+                self.kept[keys[row]] = torch.stack((out.start_logits[i], out.end_logits[i]))[:, mask[row]].float()
+            self.computed += len(missing)
+        logits = torch.zeros((2, *ids.shape), device=ids.device)
+        logits[:, mask] = torch.cat([self.kept[key] for key in keys], dim=1)
+        return logits[0], logits[1]
 
 
 def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """`transformers.Trainer`, extended only through its public hooks, for compressed QA training.
 
-- `compute_loss`: task loss, plus distillation from a frozen teacher (logits, and optionally hidden
-  states), plus movement pruning's regulariser (added once);
+- `compute_loss`: task loss, plus distillation from a frozen teacher (logits, each feature's computed once
+  and kept for later epochs; optionally hidden states, computed every step), plus movement pruning's
+  regulariser (added once);
 - `log`: the loss parts, the importance threshold and sparsity per layer role at every logging step
   (so they reach the console, `trainer_state.json` and TensorBoard);
 - `evaluate`: SQuAD EM/F1 (v2 fields too) at every evaluation during training, by the same code and on
@@ -47,7 +48,12 @@ from qacompress.compression.checkpoint import (
     load_qa_model,
     save_compressed,
 )
-from qacompress.compression.distillation import DistillationConfig, distillation_loss, hidden_distillation_loss
+from qacompress.compression.distillation import (
+    DistillationConfig,
+    TeacherLogits,
+    distillation_loss,
+    hidden_distillation_loss,
+)
 from qacompress.compression.movement import MovementPruner
 from qacompress.compression.quantization import AUTOCAST_ORIGINAL_FORWARD
 from qacompress.core.errors import QACompressError
@@ -89,6 +95,7 @@ class QACompressTrainer(Trainer):
         self._loss_count = 0
         if teacher is not None:
             teacher.to(self.args.device)
+        self.teacher_logits = TeacherLogits(teacher) if teacher is not None else None
         if self.is_sharded and self.pruner is not None:
             raise QACompressError(
                 "movement pruning (JPQD) does not train sharded (FSDP, DeepSpeed ZeRO-3): its importance scores "
@@ -113,13 +120,16 @@ class QACompressTrainer(Trainer):
         loss = task
         parts = {"task_loss": task.detach()}
         if self.teacher is not None and model.training:
-            with torch.no_grad():
-                teacher_out = self.teacher(
-                    **{k: v for k, v in inputs.items() if k not in LABELS}, output_hidden_states=layerwise
-                )
+            features = {k: v for k, v in inputs.items() if k not in LABELS}
+            if layerwise:  # the teacher's layers too: run it
+                with torch.no_grad():
+                    teacher_out = self.teacher(**features, output_hidden_states=True)
+                teacher_logits = (teacher_out.start_logits, teacher_out.end_logits)
+            else:
+                teacher_logits = self.teacher_logits(features)
             distill = distillation_loss(
                 (outputs.start_logits, outputs.end_logits),
-                (teacher_out.start_logits, teacher_out.end_logits),
+                teacher_logits,
                 self.distillation.distillation_temperature,
                 inputs.get("attention_mask"),
             )
