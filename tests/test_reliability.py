@@ -395,6 +395,12 @@ def test_killed_run_resumes_and_matches(kind, checkpoint, uninterrupted, tmp_pat
     mine, theirs = (json.loads((d / "all_results.json").read_text()) for d in (broken, whole))
     assert 0 < mine[f"{phase}train_steps_run"] < theirs[f"{phase}train_steps_run"], (mine, theirs)
     assert mine[f"{phase}train_runtime_total"] > mine[f"{phase}train_runtime"], mine
+    # So does the clock in the log: the logged training seconds run on across the resume.
+    history = json.loads(((broken / checkpoint).parent / "trainer_state.json").read_text())["log_history"]
+    seconds = [e["train_seconds"] for e in history if "loss" in e]
+    print(f"logged train_seconds {seconds}, train_runtime_total {mine[f'{phase}train_runtime_total']}")
+    assert len(seconds) >= 10 and seconds == sorted(seconds) and seconds[-1] > seconds[0]
+    assert seconds[-1] <= mine[f"{phase}train_runtime_total"]
 
 
 # --- safe outputs ----------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 - `compute_loss`: task loss, plus distillation from a frozen teacher (logits, each feature's computed once
   and kept for later epochs; optionally hidden states, computed every step), plus movement pruning's
   regulariser (added once);
-- `log`: the loss parts, the importance threshold and sparsity per layer role at every logging step
-  (so they reach the console, `trainer_state.json` and TensorBoard);
+- `log`: the loss parts, the importance threshold and sparsity per layer role, and the training seconds
+  so far (over resumed invocations too) at every logging step (so they reach the console,
+  `trainer_state.json` and TensorBoard);
 - `evaluate`: SQuAD EM/F1 (v2 fields too) at every evaluation during training, by the same code and on
   the same features as the final scoring (`qacompress.inference.evaluation.evaluate_runner`), one forward pass;
   needed because the evaluation features carry no labels, so `Trainer` never calls `compute_metrics`
@@ -165,6 +166,7 @@ class QACompressTrainer(Trainer):
                 logs["importance_regularization_factor"] = pruner.regularization_factor
                 for role, value in pruner.sparsity(self.accelerator.unwrap_model(self.model)).items():
                     logs[f"sparsity/{role}"] = round(value, 4)
+            logs["train_seconds"] = round(self.run_clock().seconds(), 1)  # so that a log shows the pace too
         super().log(logs, start_time)
 
     def evaluate(
