@@ -84,18 +84,24 @@ class TeacherLogits:
         self.computed = 0  # features the teacher ran on (the others came from `kept`)
 
     @staticmethod
-    def _key(inputs: dict[str, torch.Tensor], row: int, mask: torch.Tensor) -> bytes:
-        digest = hashlib.blake2b(digest_size=16)
-        for name in ("input_ids", "token_type_ids"):
-            if name in inputs:
-                digest.update(inputs[name][row][mask].cpu().numpy().tobytes())
-        return digest.digest()
+    def _keys(inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> list[bytes]:
+        """One key per row: a hash of its tokens and token types at its unpadded positions (one copy of the
+        batch to the host, not one per row)."""
+        named = [inputs[name].cpu().numpy() for name in ("input_ids", "token_type_ids") if name in inputs]
+        mask = mask.cpu().numpy()
+        keys = []
+        for row in range(mask.shape[0]):
+            digest = hashlib.blake2b(digest_size=16)
+            for values in named:
+                digest.update(values[row][mask[row]].tobytes())
+            keys.append(digest.digest())
+        return keys
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits of a batch (`inputs`: model inputs without labels), zero at padding."""
         ids = inputs["input_ids"]
-        mask = inputs.get("attention_mask", torch.ones_like(ids)).bool()
-        keys = [self._key(inputs, row, mask[row]) for row in range(ids.shape[0])]
+        mask = inputs["attention_mask"].bool() if "attention_mask" in inputs else torch.ones_like(ids, dtype=torch.bool)
+        keys = self._keys(inputs, mask)
         missing = [row for row, key in enumerate(keys) if key not in self.kept]
         if missing:
             with torch.no_grad():
