@@ -108,6 +108,11 @@ class PruneConfig:
     target_latency: float | None = field(
         default=None, metadata=_flag("Fraction of the OpenVINO latency (batch 1, max_seq_length) to keep, in (0, 1]")
     )
+    remove_layers: bool = field(
+        default=False,
+        metadata=_flag("Under --target_latency, remove whole encoder layers where that keeps more Fisher information "
+                       "(a layer's own measured cost is then saved too)"),
+    )
     label_samples: int = field(default=1, metadata=_flag("Labels drawn per feature for the Fisher estimate"))
     refit: bool = field(default=True, metadata=_flag("Least-squares re-fit of each pruned layer"))
     refit_samples: int = field(
@@ -454,8 +459,8 @@ def _parse_movement(reader: _Reader) -> MovementSparsityConfig:
 
 #: Keys of a `structured_pruning` section: the `PruneConfig` settings that are not the training run's own
 #: (batch size and seed come from its flags, sequence length from its data).
-STRUCTURED_KEYS = ("target_macs", "target_latency", "label_samples", "refit", "refit_samples", "latency_points",
-                   "latency_seconds", "latency_rounds", "num_samples")  # fmt: skip
+STRUCTURED_KEYS = ("target_macs", "target_latency", "remove_layers", "label_samples", "refit", "refit_samples",
+                   "latency_points", "latency_seconds", "latency_rounds", "num_samples")  # fmt: skip
 
 
 def _parse_structured(reader: _Reader) -> StructuredPruningConfig:

@@ -7,8 +7,10 @@ copies of the model, exported to OpenVINO (INT8 when the output will be), with a
 at the full FFN and of neuron counts at full attention, at batch 1 and `--max_seq_length`, in the
 precision the output will run in (`--inference_precision`: on CPUs with native bf16, OpenVINO's default
 computes an FP32 IR in bf16, at a third of its f32 latency on an AMX Xeon). A least-squares fit gives the cost of one head and of one neuron; the full model is timed too, and what its
-layers do not explain (embeddings, QA head, per-layer overheads) is the fixed cost. The table and the
-fit are kept in the output's `compression_report.json`.
+layers do not explain (embeddings, QA head, per-layer overheads) is the fixed cost. A copy with no
+encoder layer is timed as well: the fit's intercept (one layer without units) minus its latency is what
+a layer costs beyond its units, what removing a whole layer saves. The table and the fit are kept in
+the output's `compression_report.json`.
 
 All IRs are compiled first and then timed in interleaved rounds, each point's latency being the median
 of its round medians: on a shared 2-core VM, load that comes and goes then slows every point alike
@@ -50,6 +52,7 @@ class LatencyTable:
     rounds: int = 1
     points: list[dict] = field(default_factory=list)  # {"heads", "neurons", "ms", "round_ms"}
     full_model_ms: float = 0.0
+    no_layer_ms: float = 0.0  # the model without encoder layers (embeddings and QA head)
     costs: UnitCosts | None = None
 
     def to_dict(self) -> dict:
@@ -86,7 +89,7 @@ class LayerGrid:
     seq_length: int
     quantized: bool
     grid: list[tuple[int, int]]  # (heads, neurons) per one-layer IR
-    calls: list[IRCall]  # one inference per grid point, then the full model's
+    calls: list[IRCall]  # one inference per grid point, then the layerless copy's, then the full model's
     sizes: list[dict[str, int]]  # the full model's per-layer sizes
 
 
@@ -100,8 +103,8 @@ def compile_layer_grid(
     progress: bool = True,
 ) -> LayerGrid:
     """One-layer copies of `model` with `points` head counts at the full FFN and `points` neuron counts
-    at full attention, and `model` itself, as compiled OpenVINO IRs at batch 1 and `seq_length`, run
-    with the inference `precision` hint (f32, bf16 or auto)."""
+    at full attention, a copy without layers, and `model` itself, as compiled OpenVINO IRs at batch 1 and
+    `seq_length`, run with the inference `precision` hint (f32, bf16 or auto)."""
     layout = require_layout(model)
     sizes = current_sizes(model, layout)
     heads, neurons = max(s["heads"] for s in sizes), max(s["intermediate_size"] for s in sizes)
@@ -117,6 +120,9 @@ def compile_layer_grid(
         one = AutoModelForQuestionAnswering.from_config(config).eval()
         prune_(one, [LayerKeep(heads=list(range(h)), neurons=list(range(n)))])
         calls.append(IRCall(one, seq_length, quantize, precision))
+    config.num_hidden_layers = 0
+    torch.manual_seed(0)
+    calls.append(IRCall(AutoModelForQuestionAnswering.from_config(config).eval(), seq_length, quantize, precision))
     calls.append(IRCall(model.eval(), seq_length, quantize, precision))
     return LayerGrid(seq_length=seq_length, quantized=quantize, grid=grid, calls=calls, sizes=sizes)
 
@@ -132,7 +138,8 @@ def time_layer_grid(grid: LayerGrid, *, rounds: int = 5, min_seconds: float = 1.
         for (h, n), times in zip(grid.grid, medians)
     ]
     table.full_model_ms = float(np.median(medians[-1]))
-    table.costs = fit_unit_costs(table.points, table.full_model_ms, grid.sizes)
+    table.no_layer_ms = float(np.median(medians[-2]))
+    table.costs = fit_unit_costs(table.points, table.full_model_ms, grid.sizes, table.no_layer_ms)
     return table
 
 
@@ -172,12 +179,15 @@ class LatencyCheck:
         return {"fraction": mine / full, "ms": mine, "full_model_ms": full}
 
 
-def fit_unit_costs(points: list[dict[str, float]], full_model_ms: float, sizes: list[dict[str, int]]) -> UnitCosts:
+def fit_unit_costs(
+    points: list[dict[str, float]], full_model_ms: float, sizes: list[dict[str, int]], no_layer_ms: float | None = None
+) -> UnitCosts:
     """Per-head and per-neuron latency by least squares on one-layer timings (ms = c + a*heads + b*neurons);
-    the fixed cost is what the model's units do not explain of its measured latency."""
+    the fixed cost is what the model's units do not explain of its measured latency. With the latency of
+    the model without layers, c minus it is a layer's own cost (within [0, fixed / layers])."""
     design = np.array([[1.0, p["heads"], p["neurons"]] for p in points])
     ms = np.array([p["ms"] for p in points])
-    (_, per_head, per_neuron), *_ = np.linalg.lstsq(design, ms, rcond=None)
+    (intercept, per_head, per_neuron), *_ = np.linalg.lstsq(design, ms, rcond=None)
     heads = max(p["heads"] for p in points)
     neurons = max(p["neurons"] for p in points)
     # Timing noise must not make a unit look free (or worth negative time): floor at 1% of the mean cost.
@@ -189,4 +199,6 @@ def fit_unit_costs(points: list[dict[str, float]], full_model_ms: float, sizes: 
             "the one-layer timings give the units %.2f ms, more than the whole model's measured %.2f ms: the fixed "
             "cost is taken as 0, and the latency target is a share of the units' modelled cost", variable, full_model_ms,
         )  # fmt: skip
-    return UnitCosts(head=per_head, neuron=per_neuron, fixed=max(0.0, float(full_model_ms) - variable))
+    fixed = max(0.0, float(full_model_ms) - variable)
+    layer = 0.0 if no_layer_ms is None else min(max(0.0, float(intercept) - no_layer_ms), fixed / len(sizes))
+    return UnitCosts(head=per_head, neuron=per_neuron, fixed=fixed, layer=layer)

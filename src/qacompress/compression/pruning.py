@@ -9,7 +9,8 @@ a fine-tuned model and little compute. In order:
    measured here: `qacompress.compression.latency`), chosen globally (`qacompress.compression.selection`);
    under a latency target the chosen model's IR is then timed against the full model's, and chosen
    again where the table missed (at most `LATENCY_CHECKS` timings);
-3. physical removal (`qacompress.model.surgery.prune_`);
+3. physical removal (`qacompress.model.surgery.prune_`; whole layers too with `remove_layers`, under a
+   latency target, where removing a layer keeps more importance than keeping its overhead);
 4. layer-wise least-squares re-fitting of the output projections (`qacompress.compression.refit`);
 `qacompress prune` (`qacompress.jobs.prune`) runs these, then exports (INT8 by post-training
 quantization unless `--quantize false`), reports and scores; `train` runs them for a
@@ -35,7 +36,7 @@ from qacompress.compression.selection import Selection, UnitCosts, encoder_macs,
 from qacompress.core.errors import BudgetError, QACompressError
 from qacompress.data.features import input_columns
 from qacompress.model.architecture import require_layout
-from qacompress.model.surgery import current_sizes, kept_sizes, prune_
+from qacompress.model.surgery import current_sizes, kept_sizes, prune_, remove_layers_
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         costs = table.costs
         summary["latency_table"] = table.to_dict()
     try:
-        selection: Selection = select_structure(importance, costs, fraction)
+        selection: Selection = select_structure(importance, costs, fraction, remove_layers=config.remove_layers)
     except BudgetError as exc:
         # Only a latency table has a fixed cost (embeddings, QA head, per-layer overheads, as measured).
         raise BudgetError(
@@ -110,11 +111,13 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         summary["latency_checks"] = checks
         timings["latency_checks_s"] = time.perf_counter() - t0
     pruned = copy.deepcopy(model)
-    frozen = prune_(pruned, selection.keep)
+    frozen = cut_(pruned, selection)
     summary.update(
         heads_kept=selection.heads,
         neurons_kept=selection.neurons,
-        kept=[{"heads": k.heads, "neurons": k.neurons} for k in selection.keep],
+        kept=[{"heads": k.heads, "neurons": k.neurons, **({"removed": True} if i in selection.removed else {})}
+              for i, k in enumerate(selection.keep)],  # fmt: skip
+        removed_layers=selection.removed,
         predicted_cost_fraction=round(selection.cost / selection.full_cost, 4),
         fisher_kept_fraction=round(selection.importance_kept / max(selection.importance_total, 1e-30), 4),
         encoder_macs_fraction=round(
@@ -160,13 +163,14 @@ def _meet_measured_latency(
     budget, tried = fraction, []
     while True:
         candidate = copy.deepcopy(model)
-        prune_(candidate, selection.keep)
+        cut_(candidate, selection)
         measured = check(candidate)
         tried.append((selection, {"table_budget": round(budget, 4),
                                   "predicted": round(selection.cost / selection.full_cost, 4),
                                   "measured": round(measured["fraction"], 4), "ms": round(measured["ms"], 3),
                                   "full_model_ms": round(measured["full_model_ms"], 3),
-                                  "heads": selection.heads, "neurons": selection.neurons}))  # fmt: skip
+                                  "heads": selection.heads, "neurons": selection.neurons,
+                                  "removed_layers": selection.removed}))  # fmt: skip
         logger.info("latency check %d: table budget %.3f, predicted %.3f, measured %.3f of the full model (%.2f of "
                     "%.2f ms)", len(tried), budget, tried[-1][1]["predicted"], measured["fraction"], measured["ms"],
                     measured["full_model_ms"])  # fmt: skip
@@ -178,7 +182,7 @@ def _meet_measured_latency(
         slope = (m1 - m0) / (b1 - b0) if b1 != b0 else 0.0
         budget = min(1.0, b1 + (aim - m1) / slope if slope > 0 else b1 * aim / m1)
         try:
-            selection = select_structure(importance, costs, budget)
+            selection = select_structure(importance, costs, budget, remove_layers=config.remove_layers)
         except (BudgetError, ValueError):  # the table cannot go lower: keep what was measured
             break
 
@@ -192,6 +196,13 @@ def _meet_measured_latency(
                        "target %.3f", chosen[1]["measured"], fraction)  # fmt: skip
     chosen[1]["chosen"] = True
     return chosen[0], [c for _, c in tried]
+
+
+def cut_(model: nn.Module, selection: Selection) -> dict[str, torch.Tensor]:
+    """Remove the selection's whole layers, then its heads and neurons, from `model` in place; the
+    masks that keep emptied sublayers at zero (`prune_`)."""
+    remove_layers_(model, selection.removed)
+    return prune_(model, [keep for i, keep in enumerate(selection.keep) if i not in selection.removed])
 
 
 def _keep_everything(model: nn.Module, layout, kind: str) -> PruneResult:

@@ -14,7 +14,8 @@ so a layer also absorbs the drift earlier pruning left in its input. The output 
 last linear before the residual add and LayerNorm in BERT, RoBERTa and DistilBERT, so the fit is a
 ridge regression with one row per (non-padding) calibration token, solved from normal equations in
 float64. A layer whose heads (or neurons) were all removed keeps its zeroed stand-in unit and only
-re-fits the bias.
+re-fits the bias. A layer removed whole has nothing to fit: the next layer left absorbs its absence, as
+it absorbs any drift of its input.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from qacompress.compression.fisher import forward_inputs
 from qacompress.model.architecture import EncoderLayer, EncoderLayout, require_layout
+from qacompress.model.surgery import source_layers
 
 #: (residual input module, output projection) of each sublayer, as EncoderLayer roles.
 SUBLAYERS = {"attention": ("query", "attention_output"), "ffn": ("ffn_in", "ffn_out")}
@@ -100,16 +102,6 @@ def _capture(model: nn.Module, layers: Sequence[EncoderLayer], batch: dict[str, 
     return _record(model, layers, inputs["attention_mask"], lambda: model(**inputs))
 
 
-def _layer_module(model: nn.Module, layer: EncoderLayer) -> nn.Module:
-    """The module of one encoder layer: the common parent of its first and last linear."""
-    common = []
-    for a, b in zip(layer.query.split("."), layer.ffn_out.split(".")):
-        if a != b:
-            break
-        common.append(a)
-    return model.get_submodule(".".join(common))
-
-
 @dataclass
 class _LayerCall:
     """How the model calls its first encoder layer on one batch: the hidden states and the other
@@ -145,17 +137,26 @@ def _first_layer_calls(model: nn.Module, layer: nn.Module, batches: Sequence[dic
     return calls
 
 
+def _pairs(original: nn.Module, pruned: nn.Module) -> list[int | None]:
+    """For each layer of `original`, the index of the same layer in `pruned` (None where it was removed)."""
+    at = {source: j for j, source in enumerate(source_layers(pruned))}
+    return [at.get(source) for source in source_layers(original)]
+
+
 def reconstruction_errors(
     original: nn.Module, pruned: nn.Module, batches: Sequence[dict[str, torch.Tensor]]
 ) -> list[SublayerError]:
-    """Relative error of every sublayer's residual sum, x' + f'(x') against x + f(x), over `batches`."""
+    """Relative error of every sublayer's residual sum, x' + f'(x') against x + f(x), over `batches`
+    (the layers `pruned` kept, numbered as in `original`)."""
     layout = require_layout(original)
     layers_p = require_layout(pruned).layers
-    sums = {(i, s): [0.0, 0.0] for i in range(len(layout.layers)) for s in SUBLAYERS}
+    pairs = [(i, j) for i, j in enumerate(_pairs(original, pruned)) if j is not None]
+    sums = {(i, s): [0.0, 0.0] for i, _ in pairs for s in SUBLAYERS}
     for batch in batches:
         ref = _capture(original, layout.layers, batch)
         got = _capture(pruned, layers_p, batch)
-        for i, (r, g) in enumerate(zip(ref, got)):
+        for i, j in pairs:
+            r, g = ref[i], got[j]
             for s in SUBLAYERS:
                 target = r[f"{s}_x"] + r[f"{s}_y"]
                 sums[(i, s)][0] += float((g[f"{s}_x"] + g[f"{s}_y"] - target).double().pow(2).sum())
@@ -194,13 +195,20 @@ def refit_(
     original.eval()
     pruned.eval()
     # Each layer is run on its own, from the hidden states the previous (re-fitted) layer produced.
-    calls = _first_layer_calls(pruned, _layer_module(pruned, pruned_layers[0]), batches)
+    calls = _first_layer_calls(pruned, pruned.get_submodule(pruned_layers[0].module), batches)
     h_original = [c.hidden for c in calls]
     h_pruned = [c.hidden for c in calls]
     steps = tqdm(total=len(pruned_layers) * len(SUBLAYERS), desc="Least-squares re-fit", disable=not progress)
     changed = False
-    for i, layer in enumerate(pruned_layers):
-        module_o, module_p = _layer_module(original, layout.layers[i]), _layer_module(pruned, layer)
+    for i, j in enumerate(_pairs(original, pruned)):
+        module_o = original.get_submodule(layout.layers[i].module)
+        if j is None:  # removed whole: the unpruned stream goes on through it, the pruned one does not
+            with torch.no_grad():
+                h_original = [call.run(module_o, h) for call, h in zip(calls, h_original)]
+            changed = True
+            continue
+        layer = pruned_layers[j]
+        module_p = pruned.get_submodule(layer.module)
         targets = []
         for b, call in enumerate(calls):
 

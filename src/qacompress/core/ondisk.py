@@ -20,6 +20,8 @@ WORD_TABLE_HELD = "word_table_held"
 
 #: `config.json` attribute with the per-layer sizes of a physically pruned model.
 PRUNING_CONFIG_ATTR = "qacompress_pruning"
+#: Its key listing, per layer, the layer's index in the unpruned architecture (once layers were removed).
+SOURCE_LAYERS = "source_layers"
 #: Submodule of a model under movement pruning that holds its schedule (`movement.MovementPruner`).
 MOVEMENT_ATTR = "qacompress_movement"
 #: Parameter names of the importance scores inside each `movement.MaskedLinear`.

@@ -108,6 +108,10 @@ class CompressSettings:
         default=None, metadata={"help": "Fraction of the best unpruned IR's latency to keep, in (0, 1]"}
     )
     selection_samples: int = field(default=256, metadata={"help": "Training features the Fisher selection uses"})
+    remove_layers: bool = field(
+        default=False,
+        metadata={"help": "Remove whole encoder layers where that keeps more Fisher information within the budget"},
+    )
     allow_untrained_model: bool = field(
         default=False,
         metadata={"help": "Compress a model whose predictions are near uniform (not fine-tuned for QA) anyway"},
@@ -306,7 +310,7 @@ def _recover(
     """The `structured_pruning` training run, distilled from M; its metrics."""
     sections: list[dict[str, Any]] = [
         {"algorithm": "structured_pruning", "criterion": "fisher", "target_latency": plan["fraction"],
-         "num_samples": settings.selection_samples},
+         "num_samples": settings.selection_samples, "remove_layers": settings.remove_layers},
     ]  # fmt: skip
     if plan["precision"] == "int8":
         sections.append(DEFAULT_QUANTIZATION)
@@ -364,7 +368,7 @@ def _report(
                           if k in kept}  # fmt: skip
         # The share of M's Fisher information the selection kept: how much recovery has to bring back.
         selection = kept.get("pruning", {})
-        for key in ("fisher_kept_fraction", "encoder_macs_fraction"):
+        for key in ("fisher_kept_fraction", "encoder_macs_fraction", "removed_layers"):
             if key in selection:
                 report["kept"][key] = selection[key]
     return report
@@ -423,6 +427,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"kept {kept['heads_kept']} of {kept['heads_total']} heads, {kept['neurons_kept']} of "
                      f"{kept['neurons_total']} neurons: {100 * kept['fisher_kept_fraction']:.1f}% of the Fisher "
                      f"information, {100 * kept['encoder_macs_fraction']:.1f}% of the encoder's MACs")  # fmt: skip
+    if kept.get("removed_layers"):
+        lines.append(f"layers removed whole: {', '.join(map(str, kept['removed_layers']))}")
     lines.append(f"speed-up: {report['speedup']['vs_best_unpruned_ir']:.2f}x over the best unpruned IR, "
                  f"{report['speedup']['vs_model_torch']:.2f}x over torch")  # fmt: skip
     if accuracy:

@@ -20,7 +20,7 @@ from qacompress.compression.export import export_openvino
 from qacompress.compression.quantization import quantize_model
 from qacompress.core import atomic
 from qacompress.ir.convert import example_inputs
-from qacompress.model.surgery import kept_sizes, linear_weight_count
+from qacompress.model.surgery import kept_sizes, linear_weight_count, source_layers
 
 REPORT_JSON = "compression_report.json"
 REPORT_PNG = "compression_report.png"
@@ -50,17 +50,21 @@ def compression_report(
     # Totals are the starting model's own units: a model pruned before (heads per layer differ) counts its
     # own heads and neurons, not those of the architecture it was cut from.
     before, after = kept_sizes(base), kept_sizes(model)
+    # Layers pair by their place in the unpruned architecture; a layer removed whole kept nothing.
+    left = dict(zip(source_layers(model), after))
+    gone = {"heads": 0, "intermediate_size": 0}
     weights_before, weights_after = linear_weight_count(base), linear_weight_count(model)
     report: dict[str, Any] = {
         "layers": [
             {
                 "layer": i,
-                "heads_kept": a["heads"],
+                "heads_kept": left.get(source, gone)["heads"],
                 "heads_total": b["heads"],
-                "neurons_kept": a["intermediate_size"],
+                "neurons_kept": left.get(source, gone)["intermediate_size"],
                 "neurons_total": b["intermediate_size"],
+                **({} if source in left else {"removed": True}),
             }
-            for i, (b, a) in enumerate(zip(before, after))
+            for i, (source, b) in enumerate(zip(source_layers(base), before))
         ],
         "encoder_linear_weights_before": weights_before,
         "encoder_linear_weights_after": weights_after,

@@ -60,9 +60,10 @@ BERT_QA_HEAD_ALIAS = "BertForQuestionAnswering/NNCFLinear[qa_outputs]"
 
 @dataclass(frozen=True)
 class EncoderLayer:
-    """Module names (as in `model.named_modules()`) of one layer's prunable linears."""
+    """Module names (as in `model.named_modules()`) of one layer and of its prunable linears."""
 
     index: int
+    module: str  # the layer itself, an entry of the encoder's ModuleList
     heads_module: str
     query: str
     key: str
@@ -123,6 +124,7 @@ def find_layout(model: nn.Module) -> EncoderLayout | None:
             layers = tuple(
                 EncoderLayer(
                     index=i,
+                    module=f"{list_name}.{i}",
                     heads_module=f"{list_name}.{i}.{paths['heads']}",
                     **{role: f"{list_name}.{i}.{paths[role]}" for role in ROLES},
                 )

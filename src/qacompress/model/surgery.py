@@ -8,7 +8,10 @@ per-layer sizes are recorded in `config.json` under `qacompress_pruning`, so the
 again (`qacompress.compression.checkpoint.load_qa_model`) and converts to an OpenVINO IR that is really smaller.
 
 A layer whose heads (or neurons) are all removed keeps one unit whose output projection is zero:
-the same function as an empty block, without zero-sized tensors that exporters reject.
+the same function as an empty block, without zero-sized tensors that exporters reject. Whole layers
+can go too (`remove_layers_`): what a layer costs beyond its units (LayerNorms, residual adds,
+attention's reshapes) is then saved as well, and the saved config has fewer layers, which any loader
+of the architecture builds as it is.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from qacompress.core.ondisk import PRUNING_CONFIG_ATTR
+from qacompress.core.ondisk import PRUNING_CONFIG_ATTR, SOURCE_LAYERS
 from qacompress.model.architecture import EncoderLayout, require_layout
 
 #: Attributes that hold a self-attention module's head count, per family.
@@ -128,9 +131,40 @@ def prune_(model: nn.Module, keep: Sequence[LayerKeep]) -> dict[str, torch.Tenso
     return frozen
 
 
-def record_pruning(model: nn.Module) -> None:
-    """Store the per-layer sizes in `model.config` so that the saved model can be rebuilt."""
-    setattr(model.config, PRUNING_CONFIG_ATTR, {"layers": current_sizes(model)})
+def source_layers(model: nn.Module) -> list[int]:
+    """The index of each encoder layer of `model` in the architecture it was cut from (removed layers
+    leave gaps), as recorded in its config."""
+    spec = getattr(model.config, PRUNING_CONFIG_ATTR, None) or {}
+    return list(spec.get(SOURCE_LAYERS) or range(len(require_layout(model).layers)))
+
+
+def remove_layers_(model: nn.Module, indices: Sequence[int]) -> None:
+    """Delete the encoder layers at `indices` (of the current model) in place; at least one stays. The
+    config's layer count and the recorded sizes and source layers follow, so the model saves and loads."""
+    if not indices:
+        return
+    layout = require_layout(model)
+    count = len(layout.layers)
+    gone = set(indices)
+    if not gone <= set(range(count)) or len(gone) >= count:
+        raise ValueError(f"cannot remove layers {sorted(gone)} of a {count}-layer encoder (one must stay)")
+    sources = source_layers(model)
+    list_name = layout.layers[0].module.rpartition(".")[0]
+    old = model.get_submodule(list_name)
+    kept = [i for i in range(count) if i not in gone]
+    _set(model, list_name, nn.ModuleList([old[i] for i in kept]))
+    model.config.num_hidden_layers = len(kept)  # DistilBERT's `n_layers` through its attribute map
+    record_pruning(model, [sources[i] for i in kept])
+
+
+def record_pruning(model: nn.Module, sources: Sequence[int] | None = None) -> None:
+    """Store the per-layer sizes in `model.config` so that the saved model can be rebuilt, and where
+    layers were removed, which layers of the original architecture are left (`sources`)."""
+    sources = list(source_layers(model) if sources is None else sources)
+    spec: dict = {"layers": current_sizes(model)}
+    if sources != list(range(len(spec["layers"]))):
+        spec[SOURCE_LAYERS] = sources
+    setattr(model.config, PRUNING_CONFIG_ATTR, spec)
 
 
 def shrink_from_config(model: nn.Module, spec: dict) -> None:
