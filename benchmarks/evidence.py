@@ -177,6 +177,13 @@ def rows() -> list[dict]:
                  steps=2 * STEPS, batches=[*GROUPED, "--hidden_distillation_weight", "1.0"],
                  selection_from="recipe b, 2 epochs, seed 42", versus="recipe b, 2 epochs, grouped batches, seed 42",
                  control=grouped_control_2),
+        # Or whole layers: what a layer costs beyond its units (a tenth of the INT8 model here, more in a real cut:
+        # benchmarks/layer_cost.py) is saved only by removing it, and the 2x selections kept 3 heads and 7 neurons
+        # in the last layer. The 2-epoch grouped rows again, each seed selected afresh with --remove_layers.
+        *(compress(f"recipe b, 2 epochs, grouped batches, remove layers, seed {seed}", seed, steps=2 * STEPS,
+                   batches=[*GROUPED, "--remove_layers", "true"], versus=f"recipe b, 2 epochs, grouped batches, seed {seed}",
+                   group="recipe b, 2 epochs, grouped batches, remove layers", control=grouped_control_2)
+          for seed in (42, 43)),
     ]
     by_name = {row["name"]: row for row in table}
     timed_at_auto = ("reference FP32 IR", "INT8 PTQ", "optimum-intel 2.2 PTQ", "recipe b, seed 42",

@@ -28,7 +28,7 @@ from qacompress.compression.refit import reconstruction_errors, refit_
 from qacompress.compression.selection import Selection, UnitCosts, select_structure, smallest_fraction
 from qacompress.core.errors import BudgetError
 from qacompress.model.architecture import require_layout
-from qacompress.model.surgery import LayerKeep, current_sizes, remove_layers_, source_layers
+from qacompress.model.surgery import LayerKeep, current_sizes, prune_, remove_layers_, source_layers
 
 # 3 layers x 4 heads, 3 x 8 neurons; layer 2 matters little. A layer's own cost is 2.5 of the fixed 9.
 IMPORTANCE = Importance(
@@ -135,6 +135,10 @@ def test_a_model_without_a_layer_saves_reloads_and_converts(
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="one must stay"):
         remove_layers_(copy.deepcopy(cut), [0])
+    last = copy.deepcopy(model)
+    remove_layers_(last, [1])  # the last layer: the config says so, though [0] is also where a 1-layer model starts
+    prune_(last, [LayerKeep(heads=[0], neurons=[0, 1])])  # pruning again keeps the record
+    assert last.config.qacompress_pruning["source_layers"] == [0], last.config.qacompress_pruning
 
     directory = save_model_dir(cut, tokenizer, tmp_path / "cut", export_ir=True)
     saved = json.loads((directory / "config.json").read_text())

@@ -160,9 +160,10 @@ def remove_layers_(model: nn.Module, indices: Sequence[int]) -> None:
 def record_pruning(model: nn.Module, sources: Sequence[int] | None = None) -> None:
     """Store the per-layer sizes in `model.config` so that the saved model can be rebuilt, and where
     layers were removed, which layers of the original architecture are left (`sources`)."""
-    sources = list(source_layers(model) if sources is None else sources)
+    earlier = getattr(model.config, PRUNING_CONFIG_ATTR, None) or {}
+    sources = earlier.get(SOURCE_LAYERS) if sources is None else list(sources)
     spec: dict = {"layers": current_sizes(model)}
-    if sources != list(range(len(spec["layers"]))):
+    if sources is not None:  # kept once recorded: [0, 1, 2] of a 4-layer model says its last layer went
         spec[SOURCE_LAYERS] = sources
     setattr(model.config, PRUNING_CONFIG_ATTR, spec)
 
