@@ -8,10 +8,11 @@ n most important neurons; the pair (k, n) with the largest kept importance wins.
 are ranked globally (across layers), so layers that matter keep more.
 
 Where a layer costs something beyond its units (`UnitCosts.layer`, measured on the OpenVINO CPU plugin:
-a fifth of MiniLM's INT8 latency on a 2-core EPYC), removing whole layers frees budget for units
-elsewhere. With `remove_layers`, layers are removed greedily, one at a time, as long as the search
-above keeps more importance with the layer gone (its units lost, its cost freed) than with it kept,
-as CoFi (Xia et al. 2022) prunes whole sublayers beside heads and neurons under one budget.
+a tenth of MiniLM's INT8 latency on a 2-core EPYC by the latency table, more in a real cut), removing
+whole layers frees budget for units elsewhere. With `remove_layers`, layers are removed greedily, one
+at a time, as long as the search above keeps more importance with the layer gone (its units lost, its
+cost freed) than with it kept, as CoFi (Xia et al. 2022) prunes whole sublayers beside heads and
+neurons under one budget.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def _best_counts(importance: Importance, costs: UnitCosts, budget: float, remove
 
 
 def _layer_importance(importance: Importance) -> torch.Tensor:
-    """Each layer's summed scores: the order in which layers go while nothing fits."""
+    """Each layer's summed scores (of existing units): the order in which layers go while nothing fits."""
     return sum(s.double().nan_to_num(neginf=0.0).sum(1) for s in (importance.heads, importance.neurons))
 
 
@@ -197,14 +198,12 @@ def select_structure(
     for spec in keep:
         spec.heads.sort()
         spec.neurons.sort()
-    _, _, head_cum = _ranked(importance.heads)
-    _, _, neuron_cum = _ranked(importance.neurons)
     return Selection(
         keep=keep,
         cost=costs.total(choice.heads, choice.neurons, len(choice.removed)),
         budget=budget,
         full_cost=full,
         importance_kept=choice.score,
-        importance_total=float(head_cum[-1] + neuron_cum[-1]),
+        importance_total=float(_layer_importance(importance).sum()),
         removed=sorted(choice.removed),
     )
