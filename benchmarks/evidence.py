@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import protocol  # noqa: E402
 from common import ROOT, SQUAD, WORK  # noqa: E402
 
 from qacompress.core import atomic  # noqa: E402
@@ -236,16 +237,17 @@ def is_done(row: dict) -> bool:
 
 def rows_file(table: list[dict]) -> Path:
     """The protocol's rows file: dev-10k at length 256, every finished row, its command. Rows still to run
-    are left out (and named), so the rows done so far can be measured while the others train."""
-    pending = [row["name"] for row in table if not is_done(row)]
+    are left out (and named), so the rows done so far can be measured while the others train; so are rows
+    whose model is gone, unless the protocol kept their scores (an earlier checkout's rows: paired, not timed)."""
+    spec = {"validation_file": DEV, "max_seq_length": 256, "doc_stride": 128, "reference": "reference"}
+    entries = [{k: (rel(v) if isinstance(v, Path) else v) for k, v in row.items() if k not in ("done", "command", "after", "selection_from")}
+               | ({"command": shlex.join(row["command"]), "wall_s": wall_seconds(row)} if "command" in row else {})
+               for row in table]  # fmt: skip
+    listed = [is_done(row) or protocol.has_scores(entry, spec) for row, entry in zip(table, entries)]
+    pending = [row["name"] for row, kept in zip(table, listed) if not kept]
     if pending:
         print(f"left out of the rows file, not run yet: {', '.join(pending)}")
-    spec = {
-        "validation_file": DEV, "max_seq_length": 256, "doc_stride": 128, "reference": "reference",
-        "rows": [{k: (rel(v) if isinstance(v, Path) else v) for k, v in row.items() if k not in ("done", "command", "after", "selection_from")}
-                 | ({"command": shlex.join(row["command"]), "wall_s": wall_seconds(row)} if "command" in row else {})
-                 for row in table if is_done(row)],
-    }  # fmt: skip
+    spec["rows"] = [entry for entry, kept in zip(entries, listed) if kept]
     path = OUT / "rows.json"
     atomic.write_json(path, spec)
     return path

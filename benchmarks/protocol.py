@@ -20,16 +20,19 @@ the same extra steps without compression; rows that share a `group` are seeds of
 mean and spread; `versus` names another row it is paired with on the same questions (an A/B of one
 setting, such as two ways to batch the same training); `"unpruned_ir": true` marks the unpruned IRs
 (FP32, INT8), the fastest of which is what pruned rows' speed-ups are measured against. Each row's
-scores are kept under `benchmarks/work/protocol/` as they finish, so an interrupted run starts again where
-it stopped; latencies are measured afresh in every run, so that no table mixes timings of two runs: each
-row in a process of its own (peak memory, real lengths), then the IR rows' batch-1 latency at length 256
-again in interleaved rounds in one process (`INTERLEAVED_ROUNDS`), the figure their ratios use. Writes
-`benchmarks/results/<name>.json` and `.md`.
+scores, per question too, are kept as they finish under `benchmarks/results/scores/` (committed, gzip), so
+an interrupted run starts again where it stopped, and a later checkout, which has none of the models the
+rows trained (`benchmarks/work/` is not committed), still pairs its new rows with them on the same
+questions; such a row is listed without latency. Latencies are measured afresh in every run, so that no
+table mixes timings of two runs: each row in a process of its own (peak memory, real lengths), then the IR
+rows' batch-1 latency at length 256 again in interleaved rounds in one process (`INTERLEAVED_ROUNDS`), the
+figure their ratios use. Writes `benchmarks/results/<name>.json` and `.md`.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import statistics
@@ -37,7 +40,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, write_results  # noqa: E402
+from common import RESULTS, ROOT, write_results  # noqa: E402
 
 from qacompress.core import atomic
 from qacompress.core.cpu import cpu_info
@@ -56,13 +59,35 @@ LATENCY_FEATURES = 2000
 INTERLEAVED_ROUNDS, INTERLEAVED_SECONDS = 10, 3.0
 
 
+#: every row's scores, committed: the models they came from are not
+SCORES = RESULTS / "scores"
+
+
+def _place(path: str) -> str:
+    """A path as the same model or data is found from any checkout: relative to the repository where it is
+    inside it (resolved first, however the rows file spells it), absolute otherwise."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+
+
 def _cache_path(row: dict, spec: dict) -> Path:
-    # Paths resolved: the same model and data, however the rows file spells them.
-    where = [str(Path(row["dir"]).resolve()), str(Path(spec["validation_file"]).resolve())]
-    precision = [p for p in [_precision(row)] if p != "f32"]  # f32 rows keep the keys they always had
-    key = json.dumps([*where, row.get("backend", "auto"), spec["max_seq_length"], spec["doc_stride"],
-                      spec.get("max_samples"), cpu_info()["name"], *precision], sort_keys=True)  # fmt: skip
-    return Path(spec.get("cache_dir", WORK / "protocol")) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    """Where a row's scores are kept: one file per model, data, backend, precision and kind of CPU (INT8
+    IRs round differently with and without VNNI, so the CPU's name and ISA are part of the key)."""
+    precision = [p for p in [_precision(row)] if p != "f32"]
+    key = json.dumps([_place(row["dir"]), _place(spec["validation_file"]), row.get("backend", "auto"),
+                      spec["max_seq_length"], spec["doc_stride"], spec.get("max_samples"), cpu_info()["name"],
+                      cpu_info()["isa"], *precision], sort_keys=True)  # fmt: skip
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return Path(spec.get("cache_dir", SCORES)) / f"{Path(row['dir']).name}-{digest}.json.gz"
+
+
+def _read_scores(path: Path) -> dict:
+    return json.loads(gzip.decompress(path.read_bytes()))
+
+
+def has_scores(row: dict, spec: dict) -> bool:
+    """Whether this kind of CPU scored the row's model on the spec's questions (kept, its model there or not)."""
+    return _cache_path(row, spec).is_file()
 
 
 def _precision(row: dict) -> str:
@@ -81,11 +106,11 @@ def measure_scores(row: dict, spec: dict) -> dict:
     run starts again where it stopped) and read back when this CPU scored the same model on the same data."""
     cache = _cache_path(row, spec)
     if cache.is_file() and not _written_since(row["dir"], cache):
-        return json.loads(cache.read_text())
+        return _read_scores(cache)
     settings = BenchmarkSettings(batch_sizes=(), seq_lengths=(), throughput_seconds=0, precision=_precision(row))
     result = measure_model(row["dir"], name=row["name"], backend=row.get("backend", "auto"), settings=settings,
                            validation=_validation(spec, per_question=True, latency_features=0))  # fmt: skip
-    atomic.write_json(cache, result)
+    atomic.write_bytes(cache, gzip.compress(json.dumps(result, sort_keys=True).encode()))
     return result
 
 
@@ -120,10 +145,14 @@ def interleaved_latency(spec: dict) -> dict[str, float]:
 
 
 def measure_row(row: dict, spec: dict) -> dict:
-    """Scores (cached) and latencies (measured now) of one row, as one result."""
+    """Scores (kept) and latencies (measured now) of one row, as one result; a row whose model is gone but
+    whose scores are kept comes without latency (`latency_ms` empty)."""
+    scores = measure_scores(row, spec)
+    if not Path(row["dir"]).is_dir():
+        return scores | {"latency_ms": {}, "real_length": {}, "peak_rss_mb": None}
     timed = measure_latency(row, spec)
     kept = ("backend", "precision", "latency_ms", "real_length", "peak_rss_mb")
-    return measure_scores(row, spec) | {key: timed[key] for key in kept}
+    return scores | {key: timed[key] for key in kept}
 
 
 def compare(rows: dict[str, dict], spec: dict, interleaved: dict[str, float] | None = None) -> list[dict]:
@@ -134,13 +163,13 @@ def compare(rows: dict[str, dict], spec: dict, interleaved: dict[str, float] | N
     summary = []
     for row in spec["rows"]:
         measured = rows[row["name"]]
-        own_ms = measured["latency_ms"][f"b1_s{SEQ_LENGTH}"]["median"]
+        own_ms = measured["latency_ms"].get(f"b1_s{SEQ_LENGTH}", {}).get("median")  # None: the model is gone
+        timing = "interleaved" if row["name"] in interleaved else "own process" if own_ms else "not timed: model gone"
         entry = {
             "name": row["name"], "dir": row["dir"], "backend": measured["backend"], "precision": measured["precision"],
             "size_mb": measured["size_mb"],
             "exact_match": measured["metrics"]["exact_match"], "f1": measured["metrics"]["f1"],
-            "b1_ms": interleaved.get(row["name"], own_ms), "b1_ms_own_process": own_ms,
-            "b1_timing": "interleaved" if row["name"] in interleaved else "own process",
+            "b1_ms": interleaved.get(row["name"], own_ms), "b1_ms_own_process": own_ms, "b1_timing": timing,
             "real_length": measured["real_length"], "command": row.get("command"), "wall_s": row.get("wall_s"),
         }  # fmt: skip
         for against in ("reference", "control", "versus"):
@@ -156,9 +185,10 @@ def compare(rows: dict[str, dict], spec: dict, interleaved: dict[str, float] | N
         entry["group"], entry["seed"], entry["unpruned_ir"] = row.get("group"), row.get("seed"), row.get("unpruned_ir", False)
         summary.append(entry)
     reference_ms = next(e["b1_ms"] for e in summary if e["name"] == spec["reference"])
-    best_ir = min((e["b1_ms"] for e in summary if e["unpruned_ir"]), default=None)
-    for entry in summary:
-        entry["latency_vs_reference"] = round(entry["b1_ms"] / reference_ms, 3)
+    best_ir = min((e["b1_ms"] for e in summary if e["unpruned_ir"] and e["b1_ms"]), default=None)
+    for entry in (e for e in summary if e["b1_ms"]):
+        if reference_ms:
+            entry["latency_vs_reference"] = round(entry["b1_ms"] / reference_ms, 3)
         if best_ir:
             entry["latency_vs_best_unpruned_ir"] = round(entry["b1_ms"] / best_ir, 3)
     return summary
@@ -182,8 +212,8 @@ def _interval(entry: dict, key: str) -> str:
     return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d else "-"
 
 
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _ratio(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _minutes(seconds: float | None) -> str:
@@ -202,10 +232,15 @@ def markdown(summary: list[dict], seed_groups: dict[str, dict], spec: dict) -> s
         control = f"{_interval(e, 'f1_vs_control')} ({e['control']})" if e.get("control") else "-"
         lines.append(
             f"| {e['name']} | {e['backend']} {e['precision']} | {e['exact_match']:.2f} | {e['f1']:.2f} | {_interval(e, 'f1_vs_reference')} | "
-            f"{_interval(e, 'exact_match_vs_reference')} | {control} | {e['b1_ms']:.1f} | {e['real_length']['p50_ms']:.1f} | "
-            f"{e['latency_vs_reference']:.2f} | {_ratio(e.get('latency_vs_best_unpruned_ir'))} | {e['size_mb']:.1f} | "
+            f"{_interval(e, 'exact_match_vs_reference')} | {control} | {_ratio(e['b1_ms'], 1)} | "
+            f"{_ratio(e['real_length'].get('p50_ms'), 1)} | {_ratio(e.get('latency_vs_reference'))} | "
+            f"{_ratio(e.get('latency_vs_best_unpruned_ir'))} | {e['size_mb']:.1f} | "
             f"{_minutes(e['wall_s'])} |"
         )  # fmt: skip
+    gone = [e["name"] for e in summary if e["b1_ms"] is None]
+    if gone:
+        lines.append(f"\nNot timed in this run (model gone; scores kept from an earlier run on this kind of CPU): "
+                     f"{', '.join(gone)}")  # fmt: skip
     for e in (e for e in summary if "f1_vs_versus" in e):
         lines.append(f"\n{e['name']} minus {e['versus']}: F1 {_interval(e, 'f1_vs_versus')}, "
                      f"EM {_interval(e, 'exact_match_vs_versus')}")  # fmt: skip

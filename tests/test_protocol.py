@@ -3,6 +3,7 @@ questions, controls, seed groups, and rows kept as they are measured."""
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
@@ -102,13 +103,27 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
     rescored = protocol.measure_scores(spec["rows"][3], spec)
     assert rescored["question_scores"] == rows["reference"]["question_scores"] != rows["other copy"]["question_scores"]
     shutil.rmtree(copy)
-    # Scores are kept: with the model gone, the same scores come back from what was written. Latency is
-    # never kept (every table's timings come from one run), so timing the gone model fails.
-    again = protocol.measure_scores(spec["rows"][3], spec)
+    # Scores are kept: with the model gone (a fresh checkout has none of the trained models), the same scores
+    # come back from what was written, and the row is still paired, without latency (never kept: every
+    # table's timings come from one run).
+    assert protocol.has_scores(spec["rows"][3], spec)
+    again = protocol.measure_row(spec["rows"][3], spec)
     assert again["question_scores"] == rescored["question_scores"]
     assert again["latency_ms"] == {} and again["real_length"] == {}, (again["latency_ms"], again["real_length"])
+    gone = {e["name"]: e for e in protocol.compare(rows | {"other copy": again}, spec, interleaved)}["other copy"]
+    assert gone["b1_ms"] is None and gone["b1_timing"] == "not timed: model gone", gone
+    assert "latency_vs_reference" not in gone and gone["f1_vs_versus"]["questions"] == 40, gone
+    table = protocol.markdown(list(protocol.compare(rows | {"other copy": again}, spec, interleaved)), {}, spec)
+    assert "Not timed in this run (model gone; scores kept" in table and "other copy" in table.split("Not timed")[1]
+    # The kept file (gzip) is named by the model's folder; its key holds the model's place in the repository,
+    # not in this checkout, so that another checkout of the repository finds it.
+    assert cached.name.startswith("copy-") and cached.name.endswith(".json.gz"), cached
+    assert json.loads(gzip.decompress(cached.read_bytes()))["question_scores"] == rescored["question_scores"]
+    assert protocol._place(str(protocol.ROOT / "benchmarks")) == "benchmarks"
+    assert protocol._place(str(tmp_path)) == str(tmp_path.resolve())
+    # A model never scored, and gone, is an error naming it.
     with pytest.raises(QACompressError, match="no such model directory"):
-        protocol.measure_row(spec["rows"][3], spec)
+        protocol.measure_row({"name": "never", "dir": str(tmp_path / "never")}, spec)
 
 
 def test_the_evidence_rows_are_budget_matched(monkeypatch, tmp_path):
