@@ -192,7 +192,8 @@ def rows() -> list[dict]:
     ]
     by_name = {row["name"]: row for row in table}
     timed_at_auto = ("reference FP32 IR", "INT8 PTQ", "optimum-intel 2.2 PTQ", "recipe b, seed 42",
-                     "recipe b, 2 epochs, seed 42", "recipe b, 2 epochs, grouped batches, seed 42")  # fmt: skip
+                     "recipe b, 2 epochs, seed 42", "recipe b, 2 epochs, grouped batches, seed 42",
+                     "recipe b, 4 epochs, grouped batches, remove layers, seed 42")  # fmt: skip
     return table + [auto(by_name[name]) for name in timed_at_auto]
 
 
