@@ -35,6 +35,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -64,10 +65,9 @@ SCORES = RESULTS / "scores"
 
 
 def _place(path: str) -> str:
-    """A path as the same model or data is found from any checkout: relative to the repository where it is
-    inside it (resolved first, however the rows file spells it), absolute otherwise."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+    """A path as any checkout finds the same model or data: relative to the repository (resolved first,
+    however the rows file spells it), so that `../shared/...` beside another clone is the same place."""
+    return os.path.relpath(Path(path).resolve(), ROOT)
 
 
 def _cache_path(row: dict, spec: dict) -> Path:

@@ -150,6 +150,7 @@ def test_a_target_below_the_fixed_cost_says_what_is_reachable(tiny_bert_dir, squ
     assert compress_cli(tiny_bert_dir, tmp_path / "o", squad_dir, "--target_speedup", "1000", "--allow_untrained_model") == 2
     line = one_error_line(capsys)
     assert "--target_speedup 1000" in line and "ask for at most --target_speedup" in line, line
+    assert "per-layer overheads stay unless --remove_layers" in line, line  # the flag that lowers the floor
     assert not (tmp_path / "o" / "openvino_model.xml").exists()
 
 

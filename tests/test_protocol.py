@@ -42,7 +42,9 @@ def other_model_dir(tiny_bert_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, other_model_dir, squad_dir, tmp_path):
+def test_protocol_pairs_rows_on_the_same_questions(
+    protocol, tiny_bert_dir, other_model_dir, squad_dir, tmp_path, monkeypatch
+):
     copy = tmp_path / "copy"
     shutil.copytree(other_model_dir, copy)
     ir_dir = save_model_dir(load_qa_model(str(tiny_bert_dir)), load_tokenizer(str(tiny_bert_dir)), tmp_path / "ir")
@@ -120,7 +122,9 @@ def test_protocol_pairs_rows_on_the_same_questions(protocol, tiny_bert_dir, othe
     assert cached.name.startswith("copy-") and cached.name.endswith(".json.gz"), cached
     assert json.loads(gzip.decompress(cached.read_bytes()))["question_scores"] == rescored["question_scores"]
     assert protocol._place(str(protocol.ROOT / "benchmarks")) == "benchmarks"
-    assert protocol._place(str(tmp_path)) == str(tmp_path.resolve())
+    assert protocol._place(str(protocol.ROOT.parent / "shared" / "x.json")) == "../shared/x.json"
+    monkeypatch.chdir(tmp_path)  # however the rows file spells the same folder
+    assert protocol._place("copy") == protocol._place(str(copy)), protocol._place("copy")
     # A model never scored, and gone, is an error naming it.
     with pytest.raises(QACompressError, match="no such model directory"):
         protocol.measure_row({"name": "never", "dir": str(tmp_path / "never")}, spec)
