@@ -3,8 +3,9 @@
     python benchmarks/layer_cost.py --name layer_cost_minilm_epyc_vnni
 
 1. The latency table `--target_latency` selects with (one-layer IRs over a grid of head and neuron
-   counts, the model without layers, the full model; INT8 IRs), timed in interleaved rounds: the fitted
-   cost of a head, of a neuron, of a layer beyond its units, and the fixed cost.
+   counts; the full model, and the same with its last layer emptied and removed; INT8 IRs), timed in
+   interleaved rounds: the fitted cost of a head, of a neuron, of a layer beyond its units, and the fixed
+   cost.
 2. A selection of a committed compression report (by default the 2x recipe-b selection of the reference
    model that the 4-epoch evidence row recovered) cut from the model: its INT8 IR, the same with its
    least-kept layer emptied (the zeroed stand-in unit `prune_` leaves) and with that layer removed whole,
@@ -65,8 +66,8 @@ def main(argv: list[str]) -> int:
         "model": str(args.model.relative_to(ROOT)), "selection": str(args.selection.relative_to(ROOT)),
         "seq_length": args.max_seq_length, "precision": table.precision,
         "table": {"head_ms": round(costs.head, 4), "neuron_ms": round(costs.neuron, 6), "layer_ms": round(costs.layer, 3),
-                  "fixed_ms": round(costs.fixed, 3), "no_layer_ms": round(table.no_layer_ms, 3),
-                  "full_model_ms": round(table.full_model_ms, 3),
+                  "fixed_ms": round(costs.fixed, 3), "full_model_ms": round(table.full_model_ms, 3),
+                  "emptied_layer_ms": round(table.emptied_layer_ms, 3), "removed_layer_ms": round(table.removed_layer_ms, 3),
                   "layer_ms_share": round(costs.layer * len(keep) / table.full_model_ms, 3)},
         "least_kept_layer": least,
         "least_kept_layer_units": {"heads": len(keep[least].heads), "neurons": len(keep[least].neurons)},
@@ -78,7 +79,8 @@ def main(argv: list[str]) -> int:
         f"`{data['model']}`, INT8 IRs at batch 1, length {args.max_seq_length}, computed in {table.precision}. "
         f"Latency table: a head {table_ms['head_ms']} ms, a neuron {table_ms['neuron_ms']} ms, a layer beyond its "
         f"units {table_ms['layer_ms']} ms ({len(keep)} layers: {table_ms['layer_ms_share']:.0%} of the full "
-        f"model's {table_ms['full_model_ms']} ms), fixed {table_ms['fixed_ms']} ms, no layer {table_ms['no_layer_ms']} ms.",
+        f"model's {table_ms['full_model_ms']} ms; {table_ms['emptied_layer_ms']} ms with its last layer emptied, "
+        f"{table_ms['removed_layer_ms']} ms with it removed), fixed {table_ms['fixed_ms']} ms.",
         "",
         f"Selection of `{data['selection']}`; its least-kept layer is layer {least} "
         f"({len(keep[least].heads)} heads, {len(keep[least].neurons)} neurons). IRs timed in {args.rounds} interleaved rounds:",
