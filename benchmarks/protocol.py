@@ -65,9 +65,10 @@ SCORES = RESULTS / "scores"
 
 
 def _place(path: str) -> str:
-    """A path as any checkout finds the same model or data: relative to the repository (resolved first,
-    however the rows file spells it), so that `../shared/...` beside another clone is the same place."""
-    return os.path.relpath(Path(path).resolve(), ROOT)
+    """A path as any checkout finds the same model or data: relative to the repository, so that
+    `../shared/...` beside another clone is the same place (made absolute first, however the rows file
+    spells it, but links kept: `../shared` may be a link to the data elsewhere)."""
+    return os.path.relpath(os.path.abspath(path), ROOT)
 
 
 def _cache_path(row: dict, spec: dict) -> Path:

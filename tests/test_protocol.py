@@ -123,6 +123,9 @@ def test_protocol_pairs_rows_on_the_same_questions(
     assert json.loads(gzip.decompress(cached.read_bytes()))["question_scores"] == rescored["question_scores"]
     assert protocol._place(str(protocol.ROOT / "benchmarks")) == "benchmarks"
     assert protocol._place(str(protocol.ROOT.parent / "shared" / "x.json")) == "../shared/x.json"
+    # ...even where that is a link to the data elsewhere (CI's clone has `../shared` as a link).
+    (tmp_path / "shared").symlink_to(squad_dir)
+    assert protocol._place(str(tmp_path / "shared" / "x.json")).endswith("/shared/x.json")
     monkeypatch.chdir(tmp_path)  # however the rows file spells the same folder
     assert protocol._place("copy") == protocol._place(str(copy)), protocol._place("copy")
     # A model never scored, and gone, is an error naming it.
