@@ -3,13 +3,12 @@
     python benchmarks/layer_cost.py --name layer_cost_minilm_epyc_vnni
 
 1. The latency table `--target_latency` selects with (one-layer IRs over a grid of head and neuron
-   counts; the full model, and the same with its last layer emptied and removed; INT8 IRs), timed in
-   interleaved rounds: the fitted cost of a head, of a neuron, of a layer beyond its units, and the fixed
-   cost.
+   counts, the model without layers, the full model; INT8 IRs), timed in interleaved rounds: the fitted
+   cost of a head, of a neuron, of a layer beyond its units, and the fixed cost.
 2. A selection of a committed compression report (by default the 2x recipe-b selection of the reference
    model that the 4-epoch evidence row recovered) cut from the model: its INT8 IR, the same with its
    least-kept layer emptied (the zeroed stand-in unit `prune_` leaves) and with that layer removed whole,
-   timed against the unpruned INT8 IR in interleaved rounds.
+   timed against the unpruned INT8 IR in interleaved rounds, beside what the table predicts for each.
 
 Timing figures hold for the CPU named in the artefact only.
 """
@@ -28,7 +27,7 @@ from common import RESULTS, ROOT, write_results  # noqa: E402
 from qacompress.compression.checkpoint import load_qa_model  # noqa: E402
 from qacompress.compression.latency import IRCall, measure_latency_table  # noqa: E402
 from qacompress.core.timing import interleaved_medians  # noqa: E402
-from qacompress.model.surgery import LayerKeep, prune_, remove_layers_  # noqa: E402
+from qacompress.model.surgery import LayerKeep, current_sizes, prune_, remove_layers_  # noqa: E402
 
 SELECTION = RESULTS / "evidence_runs" / "recipe-b-4-epochs-grouped-batches-seed-42" / "compression_report.json"
 
@@ -44,6 +43,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     model = load_qa_model(str(args.model)).eval()
+    table_sizes = current_sizes(model)
     table = measure_latency_table(model, args.max_seq_length, quantize=True, rounds=5, min_seconds=1.0)
     kept = json.loads(args.selection.read_text())["pruning"]["kept"]
     keep = [LayerKeep(heads=list(k["heads"]), neurons=list(k["neurons"])) for k in kept]
@@ -62,32 +62,42 @@ def main(argv: list[str]) -> int:
              "least-kept layer emptied": cut(emptied=True), "least-kept layer removed": cut(removed=True)}  # fmt: skip
     ms = interleaved_medians(calls, args.rounds, args.seconds)
     costs = table.costs
+    # What the table predicts for each IR, as a share of the unpruned model (as the selection budgets it).
+    units = [(len(k.heads), len(k.neurons)) for k in keep]
+    emptied = [(0, 0) if i == least else u for i, u in enumerate(units)]  # the stand-in is not counted
+    full = costs.total(sum(s["heads"] for s in table_sizes), sum(s["intermediate_size"] for s in table_sizes))
+
+    def share(layers: list[tuple[int, int]], removed: int = 0) -> float:
+        return round(costs.total(sum(h for h, _ in layers), sum(n for _, n in layers), removed) / full, 3)
+
+    predicted = {"unpruned": 1.0, "selection": share(units), "least-kept layer emptied": share(emptied),
+                 "least-kept layer removed": share(emptied, 1)}  # fmt: skip
     data = {
         "model": str(args.model.relative_to(ROOT)), "selection": str(args.selection.relative_to(ROOT)),
         "seq_length": args.max_seq_length, "precision": table.precision,
         "table": {"head_ms": round(costs.head, 4), "neuron_ms": round(costs.neuron, 6), "layer_ms": round(costs.layer, 3),
-                  "fixed_ms": round(costs.fixed, 3), "full_model_ms": round(table.full_model_ms, 3),
-                  "emptied_layer_ms": round(table.emptied_layer_ms, 3), "removed_layer_ms": round(table.removed_layer_ms, 3),
+                  "fixed_ms": round(costs.fixed, 3), "no_layer_ms": round(table.no_layer_ms, 3),
+                  "full_model_ms": round(table.full_model_ms, 3),
                   "layer_ms_share": round(costs.layer * len(keep) / table.full_model_ms, 3)},
         "least_kept_layer": least,
         "least_kept_layer_units": {"heads": len(keep[least].heads), "neurons": len(keep[least].neurons)},
         "ir_ms": {name: round(value, 3) for name, value in ms.items()},
         "fraction_of_unpruned": {name: round(value / ms["unpruned"], 3) for name, value in ms.items()},
+        "table_predicts": predicted,
     }  # fmt: skip
     table_ms = data["table"]
     lines = [
         f"`{data['model']}`, INT8 IRs at batch 1, length {args.max_seq_length}, computed in {table.precision}. "
         f"Latency table: a head {table_ms['head_ms']} ms, a neuron {table_ms['neuron_ms']} ms, a layer beyond its "
         f"units {table_ms['layer_ms']} ms ({len(keep)} layers: {table_ms['layer_ms_share']:.0%} of the full "
-        f"model's {table_ms['full_model_ms']} ms; {table_ms['emptied_layer_ms']} ms with its last layer emptied, "
-        f"{table_ms['removed_layer_ms']} ms with it removed), fixed {table_ms['fixed_ms']} ms.",
+        f"model's {table_ms['full_model_ms']} ms), fixed {table_ms['fixed_ms']} ms, no layer {table_ms['no_layer_ms']} ms.",
         "",
         f"Selection of `{data['selection']}`; its least-kept layer is layer {least} "
         f"({len(keep[least].heads)} heads, {len(keep[least].neurons)} neurons). IRs timed in {args.rounds} interleaved rounds:",
         "",
-        "| IR | ms | x unpruned |",
-        "|---|---|---|",
-        *(f"| {name} | {data['ir_ms'][name]} | {data['fraction_of_unpruned'][name]} |" for name in ms),
+        "| IR | ms | x unpruned | table predicts |",
+        "|---|---|---|---|",
+        *(f"| {name} | {data['ir_ms'][name]} | {data['fraction_of_unpruned'][name]} | {predicted[name]} |" for name in ms),
     ]  # fmt: skip
     write_results(args.name, data, "\n".join(lines))
     print("\n".join(lines))

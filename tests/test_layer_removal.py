@@ -92,17 +92,15 @@ def test_a_budget_below_the_layers_fixed_cost_is_reached_by_removing_layers():
 
 
 def test_the_latency_fit_gives_a_layer_its_own_cost():
-    """One-layer points at 0.3 ms + 0.05 per head + 0.002 per neuron; the full model at 1.5 ms, 1.3 with its
-    last layer emptied (one zeroed head and neuron left), 1.048 with it removed: the layer costs 0.2 ms beyond
-    its units (the stand-in's 0.052 ms counted as units); capped at the fixed cost's share of each layer."""
+    """One-layer points at 0.3 ms + 0.05 per head + 0.002 per neuron, the model without layers at 0.1 ms:
+    a layer costs 0.2 ms beyond its units; capped at the fixed cost's share of each layer."""
     points = [{"heads": h, "neurons": n, "ms": 0.3 + 0.05 * h + 0.002 * n} for h, n in
               [(1, 64), (2, 64), (4, 64), (4, 1), (4, 32)]]  # fmt: skip
     sizes = [{"heads": 4, "intermediate_size": 64}] * 2
-    assert fit_unit_costs(points, 1.5, sizes, emptied_layer_ms=1.3, removed_layer_ms=1.048).layer == pytest.approx(0.2)
+    assert fit_unit_costs(points, 1.5, sizes, no_layer_ms=0.1).layer == pytest.approx(0.2)
     assert fit_unit_costs(points, 1.5, sizes).layer == 0.0
-    assert fit_unit_costs(points, 1.5, sizes, emptied_layer_ms=1.0, removed_layer_ms=1.1).layer == 0.0  # noise
-    capped = fit_unit_costs(points, 0.8, sizes, emptied_layer_ms=1.3, removed_layer_ms=0.0)  # fixed 0.8 - 0.656
-    assert capped.layer == pytest.approx(capped.fixed / 2) and capped.fixed == pytest.approx(0.144)
+    capped = fit_unit_costs(points, 0.8, sizes, no_layer_ms=0.0)  # fixed 0.8 - 0.656 = 0.144
+    assert capped.layer == pytest.approx(capped.fixed / 2)
 
 
 def skipping(model, index: int):
@@ -193,11 +191,8 @@ LATENCY_POINTS = [{"heads": h, "neurons": n, "ms": 1.3 + 0.25 * h + 0.01 * n, "r
 
 
 def layer_costly_table(*args, **kwargs) -> LatencyTable:
-    """The full model at 6.8 ms, 5.42 with its last layer emptied (1.64 ms of units gone, 0.26 of a stand-in
-    head and neuron left), 4.16 with it removed."""
-    table = LatencyTable(seq_length=SEQ, quantized=True, points=LATENCY_POINTS, full_model_ms=6.8,
-                         emptied_layer_ms=5.42, removed_layer_ms=4.16)  # fmt: skip
-    table.costs = fit_unit_costs(LATENCY_POINTS, 6.8, [{"heads": 4, "intermediate_size": 64}] * 2, 5.42, 4.16)
+    table = LatencyTable(seq_length=SEQ, quantized=True, points=LATENCY_POINTS, full_model_ms=6.8, no_layer_ms=0.3)
+    table.costs = fit_unit_costs(LATENCY_POINTS, 6.8, [{"heads": 4, "intermediate_size": 64}] * 2, 0.3)
     return table
 
 

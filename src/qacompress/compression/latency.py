@@ -7,12 +7,10 @@ copies of the model, exported to OpenVINO (INT8 when the output will be), with a
 at the full FFN and of neuron counts at full attention, at batch 1 and `--max_seq_length`, in the
 precision the output will run in (`--inference_precision`: on CPUs with native bf16, OpenVINO's default
 computes an FP32 IR in bf16, at a third of its f32 latency on an AMX Xeon). A least-squares fit gives the cost of one head and of one neuron; the full model is timed too, and what its
-layers do not explain (embeddings, QA head, per-layer overheads) is the fixed cost. What a layer costs
-beyond its units (LayerNorms, residual adds, reshapes: what only removing the whole layer saves) is
-measured where it runs: the full model with its last layer emptied against the full model with that
-layer removed (the fit's intercept over one-layer copies, minus a layerless copy, read half of what a
-removal saved: `benchmarks/layer_cost.py`). The table and the fit are kept in the output's
-`compression_report.json`.
+layers do not explain (embeddings, QA head, per-layer overheads) is the fixed cost. A copy with no
+encoder layer is timed as well: the fit's intercept (one layer without units) minus its latency is what
+a layer costs beyond its units, what removing a whole layer saves. The table and the fit are kept in
+the output's `compression_report.json`.
 
 All IRs are compiled first and then timed in interleaved rounds, each point's latency being the median
 of its round medians: on a shared 2-core VM, load that comes and goes then slows every point alike
@@ -39,7 +37,7 @@ from qacompress.core.timing import interleaved, interleaved_medians, synthetic_i
 from qacompress.ir.compile import bound_inference
 from qacompress.ir.ptq import quantize_ir
 from qacompress.model.architecture import input_names, require_layout
-from qacompress.model.surgery import LayerKeep, current_sizes, prune_, remove_layers_
+from qacompress.model.surgery import LayerKeep, current_sizes, prune_
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +52,7 @@ class LatencyTable:
     rounds: int = 1
     points: list[dict] = field(default_factory=list)  # {"heads", "neurons", "ms", "round_ms"}
     full_model_ms: float = 0.0
-    #: the full model with its last layer emptied (one zeroed stand-in head and neuron left) and with it
-    #: removed; None for a one-layer model (its layer cannot go)
-    emptied_layer_ms: float | None = None
-    removed_layer_ms: float | None = None
+    no_layer_ms: float = 0.0  # the model without encoder layers (embeddings and QA head)
     costs: UnitCosts | None = None
 
     def to_dict(self) -> dict:
@@ -94,9 +89,7 @@ class LayerGrid:
     seq_length: int
     quantized: bool
     grid: list[tuple[int, int]]  # (heads, neurons) per one-layer IR
-    #: one inference per grid point, then (models of two layers or more) the full model's with its last layer
-    #: emptied and with it removed, then the full model's
-    calls: list[IRCall]
+    calls: list[IRCall]  # one inference per grid point, then the layerless copy's, then the full model's
     sizes: list[dict[str, int]]  # the full model's per-layer sizes
 
 
@@ -110,9 +103,8 @@ def compile_layer_grid(
     progress: bool = True,
 ) -> LayerGrid:
     """One-layer copies of `model` with `points` head counts at the full FFN and `points` neuron counts
-    at full attention, `model` with its last layer emptied and with it removed, and `model` itself, as
-    compiled OpenVINO IRs at batch 1 and `seq_length`, run with the inference `precision` hint (f32, bf16
-    or auto)."""
+    at full attention, a copy without layers, and `model` itself, as compiled OpenVINO IRs at batch 1 and
+    `seq_length`, run with the inference `precision` hint (f32, bf16 or auto)."""
     layout = require_layout(model)
     sizes = current_sizes(model, layout)
     heads, neurons = max(s["heads"] for s in sizes), max(s["intermediate_size"] for s in sizes)
@@ -128,13 +120,9 @@ def compile_layer_grid(
         one = AutoModelForQuestionAnswering.from_config(config).eval()
         prune_(one, [LayerKeep(heads=list(range(h)), neurons=list(range(n)))])
         calls.append(IRCall(one, seq_length, quantize, precision))
-    if len(sizes) > 1:  # a one-layer model's layer cannot go
-        last = len(sizes) - 1
-        emptied, removed = copy.deepcopy(model), copy.deepcopy(model)
-        keep = [LayerKeep(list(range(s["heads"])), list(range(s["intermediate_size"]))) for s in sizes]
-        prune_(emptied, keep[:last] + [LayerKeep()])
-        remove_layers_(removed, [last])
-        calls += [IRCall(copy_.eval(), seq_length, quantize, precision) for copy_ in (emptied, removed)]
+    config.num_hidden_layers = 0
+    torch.manual_seed(0)
+    calls.append(IRCall(AutoModelForQuestionAnswering.from_config(config).eval(), seq_length, quantize, precision))
     calls.append(IRCall(model.eval(), seq_length, quantize, precision))
     return LayerGrid(seq_length=seq_length, quantized=quantize, grid=grid, calls=calls, sizes=sizes)
 
@@ -150,11 +138,8 @@ def time_layer_grid(grid: LayerGrid, *, rounds: int = 5, min_seconds: float = 1.
         for (h, n), times in zip(grid.grid, medians)
     ]
     table.full_model_ms = float(np.median(medians[-1]))
-    if len(grid.calls) == len(grid.grid) + 3:
-        table.emptied_layer_ms, table.removed_layer_ms = (float(np.median(m)) for m in medians[-3:-1])
-    table.costs = fit_unit_costs(
-        table.points, table.full_model_ms, grid.sizes, table.emptied_layer_ms, table.removed_layer_ms
-    )
+    table.no_layer_ms = float(np.median(medians[-2]))
+    table.costs = fit_unit_costs(table.points, table.full_model_ms, grid.sizes, table.no_layer_ms)
     return table
 
 
@@ -195,19 +180,14 @@ class LatencyCheck:
 
 
 def fit_unit_costs(
-    points: list[dict[str, float]],
-    full_model_ms: float,
-    sizes: list[dict[str, int]],
-    emptied_layer_ms: float | None = None,
-    removed_layer_ms: float | None = None,
+    points: list[dict[str, float]], full_model_ms: float, sizes: list[dict[str, int]], no_layer_ms: float | None = None
 ) -> UnitCosts:
     """Per-head and per-neuron latency by least squares on one-layer timings (ms = c + a*heads + b*neurons);
-    the fixed cost is what the model's units do not explain of its measured latency. With the model timed
-    with a layer emptied and with it removed, their difference less the emptied layer's stand-in head and
-    neuron is a layer's own cost (within [0, fixed / layers]: it is part of the fixed cost)."""
+    the fixed cost is what the model's units do not explain of its measured latency. With the latency of
+    the model without layers, c minus it is a layer's own cost (within [0, fixed / layers])."""
     design = np.array([[1.0, p["heads"], p["neurons"]] for p in points])
     ms = np.array([p["ms"] for p in points])
-    (_, per_head, per_neuron), *_ = np.linalg.lstsq(design, ms, rcond=None)
+    (intercept, per_head, per_neuron), *_ = np.linalg.lstsq(design, ms, rcond=None)
     heads = max(p["heads"] for p in points)
     neurons = max(p["neurons"] for p in points)
     # Timing noise must not make a unit look free (or worth negative time): floor at 1% of the mean cost.
@@ -220,8 +200,5 @@ def fit_unit_costs(
             "cost is taken as 0, and the latency target is a share of the units' modelled cost", variable, full_model_ms,
         )  # fmt: skip
     fixed = max(0.0, float(full_model_ms) - variable)
-    layer = 0.0
-    if emptied_layer_ms is not None and removed_layer_ms is not None:
-        own = float(emptied_layer_ms) - float(removed_layer_ms) - per_head - per_neuron
-        layer = min(max(0.0, own), fixed / len(sizes))
+    layer = 0.0 if no_layer_ms is None else min(max(0.0, float(intercept) - no_layer_ms), fixed / len(sizes))
     return UnitCosts(head=per_head, neuron=per_neuron, fixed=fixed, layer=layer)
