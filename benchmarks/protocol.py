@@ -82,10 +82,6 @@ def _cache_path(row: dict, spec: dict) -> Path:
     return Path(spec.get("cache_dir", SCORES)) / f"{Path(row['dir']).name}-{digest}.json.gz"
 
 
-def _read_scores(path: Path) -> dict:
-    return json.loads(gzip.decompress(path.read_bytes()))
-
-
 def has_scores(row: dict, spec: dict) -> bool:
     """Whether this kind of CPU scored the row's model on the spec's questions (kept, its model there or not)."""
     return _cache_path(row, spec).is_file()
@@ -107,7 +103,7 @@ def measure_scores(row: dict, spec: dict) -> dict:
     run starts again where it stopped) and read back when this CPU scored the same model on the same data."""
     cache = _cache_path(row, spec)
     if cache.is_file() and not _written_since(row["dir"], cache):
-        return _read_scores(cache)
+        return json.loads(gzip.decompress(cache.read_bytes()))
     settings = BenchmarkSettings(batch_sizes=(), seq_lengths=(), throughput_seconds=0, precision=_precision(row))
     result = measure_model(row["dir"], name=row["name"], backend=row.get("backend", "auto"), settings=settings,
                            validation=_validation(spec, per_question=True, latency_features=0))  # fmt: skip
@@ -213,7 +209,8 @@ def _interval(entry: dict, key: str) -> str:
     return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d else "-"
 
 
-def _ratio(value: float | None, digits: int = 2) -> str:
+def _figure(value: float | None, digits: int = 2) -> str:
+    """A table cell: the value to `digits` decimals, or "-" where there is none (a gone model's latency)."""
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -233,9 +230,9 @@ def markdown(summary: list[dict], seed_groups: dict[str, dict], spec: dict) -> s
         control = f"{_interval(e, 'f1_vs_control')} ({e['control']})" if e.get("control") else "-"
         lines.append(
             f"| {e['name']} | {e['backend']} {e['precision']} | {e['exact_match']:.2f} | {e['f1']:.2f} | {_interval(e, 'f1_vs_reference')} | "
-            f"{_interval(e, 'exact_match_vs_reference')} | {control} | {_ratio(e['b1_ms'], 1)} | "
-            f"{_ratio(e['real_length'].get('p50_ms'), 1)} | {_ratio(e.get('latency_vs_reference'))} | "
-            f"{_ratio(e.get('latency_vs_best_unpruned_ir'))} | {e['size_mb']:.1f} | "
+            f"{_interval(e, 'exact_match_vs_reference')} | {control} | {_figure(e['b1_ms'], 1)} | "
+            f"{_figure(e['real_length'].get('p50_ms'), 1)} | {_figure(e.get('latency_vs_reference'))} | "
+            f"{_figure(e.get('latency_vs_best_unpruned_ir'))} | {e['size_mb']:.1f} | "
             f"{_minutes(e['wall_s'])} |"
         )  # fmt: skip
     gone = [e["name"] for e in summary if e["b1_ms"] is None]
