@@ -13,8 +13,9 @@ holds cannot be checked or reproduced. Each table says where its figures come fr
 Links resolve relative to the markdown file, so a table keeps its references when it moves to docs/.
 
 Every figure outside the first column (the row's label), outside code spans and outside ``` blocks is
-looked up in its row's artefacts only (in the object named like the row where an artefact has one:
-`speed.json`'s "MiniLM-L6 QAT IR", `training_cost.json`'s "qat", report.json's line for that target):
+looked up in its row's artefacts only (in the object or under the key named like the row where an
+artefact has one: `speed.json`'s "MiniLM-L6 QAT IR", `training_cost.json`'s "qat", `layer_cost_*.json`'s
+`table_predicts.selection`, report.json's line for that target):
 as stored, rounded to the decimals written; a percentage also as 100 x a stored fraction; minutes also
 as stored seconds / 60; "2 min 6 s" as seconds; "s/step" also as 1 / steps per second. Numbers in an
 artefact's strings count (the wall times noted in a run's command), and so does the total of a dict
@@ -76,6 +77,7 @@ class Stored:
     text: bool = False  # written inside a string
     entry: str = ""  # the `name` or `kind` of the object that holds it, else the artefact's file name
     source: str = ""  # the string it is written in
+    keys: tuple[str, ...] = ()  # every dict key of its path
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -89,7 +91,7 @@ def stored_numbers(path: Path) -> tuple[Stored, ...]:
     found: list[Stored] = []
 
     def add(value: float, keys: tuple[str, ...], entry: str, source: str = "") -> None:
-        found.append(Stored(float(value), keys[-2:], ".".join(keys), bool(source), entry, source))
+        found.append(Stored(float(value), keys[-2:], ".".join(keys), bool(source), entry, source, keys))
 
     def walk(value, keys: tuple[str, ...], entry: str) -> None:
         if isinstance(value, dict):
@@ -317,11 +319,13 @@ def as_stored(figure: Figure, stored: Stored, derived: bool) -> bool:
 
 
 def own_numbers(row: Row) -> list[Stored]:
-    """The row's artefacts' numbers; only its own entry's where one is named like the row (`speed.json`'s
-    "MiniLM-L6 QAT IR", `training_cost.json`'s "qat", the line of `report.json` that holds the label)."""
+    """The row's artefacts' numbers; only its own where they are named like the row: an entry (`speed.json`'s
+    "MiniLM-L6 QAT IR", `training_cost.json`'s "qat"), a key on their path (`layer_cost_*.json`'s
+    `table_predicts.selection`), the line of `report.json` that holds the label."""
     label = re.sub(r"[*`]", "", LINK.sub(r"\1", row.label)).strip()
     numbers = [s for p in row.artefacts for s in stored_numbers(p)]
-    own = [s for s in numbers if s.entry == label or (s.text and len(label) > 3 and f"| {label} |" in s.source)]
+    own = [s for s in numbers if s.entry == label or label in s.keys
+           or (s.text and len(label) > 3 and f"| {label} |" in s.source)]  # fmt: skip
     return own or numbers
 
 
@@ -403,7 +407,7 @@ def check_table(table: Table) -> list[str]:
                     figure.exact = [Stored(ways[id(figure)][chosen], ("derived",), repr(chosen), entry="README")]
     for row, c, figure in pending:
         if not figure.exact:  # stored as a ratio or share (ratio_to_fp32), or in text (report.json)
-            figure.exact = [s for p in row.artefacts for s in stored_numbers(p) if as_stored(figure, s, True)]
+            figure.exact = [s for s in own_numbers(row) if as_stored(figure, s, True)]
 
     missing = []
     for row in table.rows:
