@@ -82,6 +82,7 @@ def test_a_budget_below_the_layers_fixed_cost_is_reached_by_removing_layers():
     with pytest.raises(BudgetError) as info:
         select_structure(IMPORTANCE, COSTS, 0.3)
     assert info.value.smallest == 0.334
+    assert "per-layer overheads stay unless --remove_layers" in info.value.what_stays, info.value.what_stays
     chosen = select_structure(IMPORTANCE, COSTS, 0.3, remove_layers=True)
     assert chosen.removed and chosen.cost <= 0.3 * 27 + 1e-9, chosen
     assert 2 in chosen.removed, chosen.removed  # the least important layer goes first
@@ -89,6 +90,7 @@ def test_a_budget_below_the_layers_fixed_cost_is_reached_by_removing_layers():
     with pytest.raises(BudgetError) as info:
         select_structure(IMPORTANCE, COSTS, 0.1, remove_layers=True)
     assert info.value.smallest == 0.149, str(info.value)
+    assert "the last layer's overheads stay" in info.value.what_stays, info.value.what_stays  # no flag to name
 
 
 def test_the_latency_fit_gives_a_layer_its_own_cost():

@@ -492,8 +492,7 @@ def test_a_latency_target_below_the_fixed_cost_is_one_line_naming_the_smallest_r
     errors = [line for line in err.splitlines() if line.startswith("qacompress: error")]
     assert errors == [
         "qacompress: error: --target_latency 0.01 is below the fixed cost: the smallest reachable is 0.317 x the "
-        "full model's latency (embeddings, QA head and per-layer overheads are not pruned; --remove_layers removes "
-        "whole layers)"
+        "full model's latency (embeddings, the QA head and per-layer overheads stay unless --remove_layers)"
     ] and "Traceback" not in err, err
     assert not (out / "model.safetensors").exists() and not (out / "openvino_model.xml").exists()
 

@@ -97,12 +97,10 @@ def fisher_prune(model: nn.Module, batches: list[dict[str, torch.Tensor]], confi
         selection: Selection = select_structure(importance, costs, fraction, remove_layers=config.remove_layers)
     except BudgetError as exc:
         # Only a latency table has a fixed cost (embeddings, QA head, per-layer overheads, as measured).
-        stays = ("embeddings, QA head and the last layer's overheads are not pruned" if config.remove_layers else
-                 "embeddings, QA head and per-layer overheads are not pruned; --remove_layers removes whole layers")
         raise BudgetError(
             f"--target_{kind} {fraction} is below the fixed cost: the smallest reachable is {exc.smallest:.3f} x the "
-            f"full model's {'latency' if kind == 'latency' else 'MACs'} ({stays})",
-            fraction=fraction, smallest=exc.smallest,
+            f"full model's {'latency' if kind == 'latency' else 'MACs'} ({exc.what_stays})",
+            fraction=fraction, smallest=exc.smallest, remove_layers=exc.remove_layers,
         ) from None  # fmt: skip
     except ValueError as exc:
         raise QACompressError(f"--target_{kind} {fraction}: {exc}") from None

@@ -188,7 +188,7 @@ def select_structure(
         raise BudgetError(
             f"a budget of {fraction:g} x the full cost is below the fixed cost: the smallest reachable is "
             f"{smallest:.3f} x the full cost",
-            fraction=fraction, smallest=smallest,
+            fraction=fraction, smallest=smallest, remove_layers=remove_layers,
         )  # fmt: skip
     keep = [LayerKeep() for _ in range(layers)]
     for ranking, count, attr in ((choice.ranked_heads, choice.heads, "heads"),

@@ -56,6 +56,13 @@ class BudgetError(QACompressError, ValueError):
     overheads): `smallest` is the least fraction of the full cost that can be reached, rounded up to
     three decimals, so that a budget of exactly `smallest` is accepted."""
 
-    def __init__(self, message: str, *, fraction: float, smallest: float) -> None:
-        self.fraction, self.smallest = fraction, smallest
+    def __init__(self, message: str, *, fraction: float, smallest: float, remove_layers: bool = False) -> None:
+        self.fraction, self.smallest, self.remove_layers = fraction, smallest, remove_layers
         super().__init__(message)
+
+    @property
+    def what_stays(self) -> str:
+        """What no pruning removes, for the refusal to say: with `--remove_layers`, one layer's overheads."""
+        if self.remove_layers:
+            return "embeddings, the QA head and the last layer's overheads stay"
+        return "embeddings, the QA head and per-layer overheads stay unless --remove_layers"

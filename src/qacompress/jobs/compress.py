@@ -330,11 +330,10 @@ def _recover(
     except BudgetError as exc:
         what = (f"--target_speedup {settings.target_speedup} keeps {plan['fraction']:.3f}"
                 if settings.target_speedup else f"--target_latency {settings.target_latency} keeps")  # fmt: skip
-        removing, stays = (("heads, neurons and layers", "the last layer's overheads stay") if settings.remove_layers
-                           else ("heads and neurons", "per-layer overheads stay unless --remove_layers"))  # fmt: skip
+        removing = "heads, neurons and layers" if exc.remove_layers else "heads and neurons"
         raise QACompressError(
             f"{what} of the unpruned {plan['precision']} IR's latency, below what removing {removing} can reach on "
-            f"this CPU ({exc.smallest:.3f}: embeddings, the QA head and {stays}); ask for at most --target_speedup "
+            f"this CPU ({exc.smallest:.3f}: {exc.what_stays}); ask for at most --target_speedup "
             f"{1 / exc.smallest:.2f} (--target_latency {exc.smallest:.3f})"
         ) from None
 

@@ -47,6 +47,7 @@ def train_structured(run: Run) -> tuple[nn.Module, dict]:
             raise BudgetError(
                 f"{compression.source}: structured_pruning target_{kind} {fraction} is below the fixed cost: the "
                 f"smallest reachable is {exc.smallest:.3f}", fraction=exc.fraction, smallest=exc.smallest,
+                remove_layers=exc.remove_layers,
             ) from None  # fmt: skip
         freeze_zeros(result.model, result.frozen)
         logger.info("after Fisher selection: %s", kept_sizes(result.model))
