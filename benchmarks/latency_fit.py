@@ -29,6 +29,7 @@ from common import RESULTS, ROOT, write_results  # noqa: E402
 
 from qacompress.compression.checkpoint import load_qa_model  # noqa: E402
 from qacompress.compression.latency import IRCall, compile_layer_grid, fit_unit_costs  # noqa: E402
+from qacompress.compression.selection import UnitCosts  # noqa: E402
 from qacompress.core.timing import interleaved  # noqa: E402
 from qacompress.model.surgery import LayerKeep, current_sizes, prune_, remove_layers_  # noqa: E402
 
@@ -80,20 +81,19 @@ def main(argv: list[str]) -> int:
     design = np.array([[1.0, n_layers, n_layers * h, n_layers * n] for h, n, n_layers in shapes])
     uniform_ms = np.array([measured[key] for key in list(probes)[: len(shapes)]])
     (fixed, layer, head, neuron), *_ = np.linalg.lstsq(design, uniform_ms, rcond=None)
+    # In the table's form: the full model's fixed part holds every layer's own cost, a removed layer saves one.
+    in_place = UnitCosts(head=float(head), neuron=float(neuron), fixed=float(fixed + layers * layer),
+                         layer=float(layer))  # fmt: skip
     counts = {**{key: (n_layers * h, n_layers * n, n_layers) for key, (h, n, n_layers) in zip(probes, shapes)},
               **selections}  # fmt: skip
     full_key = next(iter(probes))
 
-    def table_ms(h: int, n: int, n_layers: int) -> float:
-        return table.total(h, n, layers - n_layers)
-
-    def in_place_ms(h: int, n: int, n_layers: int) -> float:
-        return fixed + layer * n_layers + head * h + neuron * n
+    def share(costs: UnitCosts, h: int, n: int, n_layers: int) -> float:
+        return round(costs.total(h, n, layers - n_layers) / costs.total(*counts[full_key][:2]), 3)
 
     rows = {key: {"heads": h, "neurons": n, "layers": n_layers, "ms": round(measured[key], 3),
                   "measured": round(measured[key] / measured[full_key], 3),
-                  "table_predicts": round(table_ms(h, n, n_layers) / table_ms(*counts[full_key]), 3),
-                  "in_place_predicts": round(in_place_ms(h, n, n_layers) / in_place_ms(*counts[full_key]), 3)}
+                  "table_predicts": share(table, h, n, n_layers), "in_place_predicts": share(in_place, h, n, n_layers)}
             for key, (h, n, n_layers) in counts.items()}  # fmt: skip
     data = {
         "model": str(args.model.relative_to(ROOT)), "seq_length": seq, "precision": "f32", "rounds": args.rounds,
