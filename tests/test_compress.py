@@ -22,7 +22,7 @@ from qacompress.core.atomic import file_lock
 from qacompress.core.ondisk import COMPRESS_LOCK
 from qacompress.data.features import prepare_eval_features
 from qacompress.data.squad import load_examples
-from qacompress.jobs.compress import NEAR_UNIFORM, parse_compress_args
+from qacompress.jobs.compress import COMPRESS_DEFAULTS, NEAR_UNIFORM, parse_compress_args
 from qacompress.jobs.train import load_data
 from qacompress.model.loading import load_tokenizer
 from qacompress.model.surgery import kept_sizes
@@ -249,3 +249,26 @@ def test_recovery_batches_are_padded_to_their_longest_feature_and_grouped_by_len
     random_padded = sum(max(order[i : i + 8]) * len(order[i : i + 8]) for i in range(0, len(order), 8))
     print(f"{len(lengths)} features, {sum(lengths)} real tokens: {padded} padded grouped, {random_padded} in random order")
     assert padded < random_padded and max(widths) <= data_args.max_seq_length
+
+
+def test_the_defaults_table_of_the_docs_is_what_compress_runs_with(tmp_path):
+    """docs/compress.md's table of defaults against what `compress` parses when no flag is given: a default
+    changed in code (or in the docs) alone fails here. Bookkeeping flags (checkpoints, logging) need no row."""
+    text = (REPO_ROOT / "docs" / "compress.md").read_text()
+    rows = re.findall(r"^\| `--(\w+)` \| ([^|]+) \|", text, re.MULTILINE)
+    documented = {flag: cell.strip().strip("`") for flag, cell in rows}
+    parsed = parse_compress_args(["--model_name_or_path", "m", "--train_file", "t.json", "--target_speedup", "2",
+                                  "--output_dir", str(tmp_path)])  # fmt: skip
+    values = {k: v for part in parsed for k, v in vars(part).items()}
+    bookkeeping = {"per_device_eval_batch_size", "save_steps", "save_total_limit", "logging_steps"}
+    assert set(COMPRESS_DEFAULTS) - bookkeeping <= set(documented), (sorted(COMPRESS_DEFAULTS), sorted(documented))
+    for flag, cell in documented.items():
+        word = re.split(r"[\s:(]", cell)[0]
+        actual = values[flag]
+        if isinstance(actual, bool):
+            expected = {"off": False, "false": False, "on": True, "true": True}[word.lower()]
+        elif isinstance(actual, (int, float)):
+            expected = type(actual)(float(word))
+        else:
+            expected, actual = word, str(getattr(actual, "value", actual))
+        assert actual == expected, (flag, cell, actual)
