@@ -87,14 +87,14 @@ def rows() -> list[dict]:
         return {"name": name, "command": cmd, "dir": out, "done": out / "all_results.json", "seed": seed, **row}
 
     def compress(name: str, seed: int, speedup: str = "2", steps: int = STEPS, after: str | None = None,
-                 batches: list[str] = PADDED, **row) -> dict:  # fmt: skip
+                 batches: list[str] = PADDED, lr: str = RECOVERY_LR[1], **row) -> dict:  # fmt: skip
         """`after`: start from that row's result instead of the reference (a second stage), still distilled
         from the reference. `selection_from` (in `row`): recover that row's selection (its plan and pruned
         model are copied in before the run, which then resumes from them) instead of selecting again."""
         out = OUT / slug(name)
         model, teacher = (rel(OUT / slug(after)), DISTIL) if after else (REFERENCE, [])
         cmd = ["qacompress", "compress", "--model_name_or_path", model, *teacher, *DATA, "--target_speedup", speedup,
-               "--max_steps", str(steps), *SCHEDULE, *batches, *RECOVERY_LR, "--seed", str(seed),
+               "--max_steps", str(steps), *SCHEDULE, *batches, "--learning_rate", lr, "--seed", str(seed),
                "--output_dir", rel(out)]  # fmt: skip
         return {"name": name, "command": cmd, "dir": out, "done": out / "compress_report.json", "seed": seed,
                 **({"after": after} if after else {}), **row}  # fmt: skip
@@ -115,6 +115,7 @@ def rows() -> list[dict]:
     fp32_ir, optimum = OUT / "reference-fp32-ir", OUT / "optimum-intel-ptq"
     grouped_control_2 = "FP32 control (distilled), 2 epochs, grouped batches"
     grouped_control_4 = "FP32 control (distilled), 4 epochs, grouped batches"
+    fast_control_4 = f"{grouped_control_4}, lr 2.4e-4"
     table = [
         {"name": "reference", "dir": Path(REFERENCE), "backend": "torch"},
         {"name": "reference FP32 IR", "dir": fp32_ir, "done": fp32_ir / "openvino_model.xml", "unpruned_ir": True,
@@ -189,6 +190,15 @@ def rows() -> list[dict]:
         # selection made afresh (the 4-epoch row above recovered the padded 2-epoch row's selection).
         compress("recipe b, 4 epochs, grouped batches, remove layers, seed 42", 42, steps=4 * STEPS,
                  batches=[*GROUPED, "--remove_layers", "true"], control=grouped_control_4),
+        # It lost 1.58 F1, its task loss still falling at the end (0.71; the control's ~0.4): the student
+        # underfits. Its learning rate was chosen between 8e-5 and 1.2e-4 only, for one epoch on the demo slice;
+        # twice it, on the same selection, so that the learning rate is the only difference (its control, the
+        # reference distilled at that rate, is worth training only if the recipe gains).
+        compress("recipe b, 4 epochs, grouped batches, remove layers, lr 2.4e-4, seed 42", 42, steps=4 * STEPS,
+                 batches=[*GROUPED, "--remove_layers", "true"], lr="2.4e-4",
+                 selection_from="recipe b, 4 epochs, grouped batches, remove layers, seed 42",
+                 versus="recipe b, 4 epochs, grouped batches, remove layers, seed 42", control=fast_control_4),
+        train(fast_control_4, "--compression", "none", *DISTIL, "--learning_rate", "2.4e-4", *GROUPED, steps=4 * STEPS),
     ]
     by_name = {row["name"]: row for row in table}
     timed_at_auto = ("reference FP32 IR", "INT8 PTQ", "optimum-intel 2.2 PTQ", "recipe b, seed 42",
