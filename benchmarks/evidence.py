@@ -190,9 +190,9 @@ def rows() -> list[dict]:
         # selection made afresh (the 4-epoch row above recovered the padded 2-epoch row's selection).
         compress("recipe b, 4 epochs, grouped batches, remove layers, seed 42", 42, steps=4 * STEPS,
                  batches=[*GROUPED, "--remove_layers", "true"], control=grouped_control_4),
-        # It lost 1.58 F1, its task loss still falling at the end (0.71; the control's ~0.4): the student
+        # It lost 1.58 F1, its task loss still falling at the end (0.71; the 2-epoch control's 0.37): the student
         # underfits. Its learning rate was chosen between 8e-5 and 1.2e-4 only, for one epoch on the demo slice;
-        # twice it, on the same selection, so that the learning rate is the only difference (its control, the
+        # twice that, on the same selection, so that the learning rate is the only difference (its control, the
         # reference distilled at that rate, is worth training only if the recipe gains).
         compress("recipe b, 4 epochs, grouped batches, remove layers, lr 2.4e-4, seed 42", 42, steps=4 * STEPS,
                  batches=[*GROUPED, "--remove_layers", "true"], lr="2.4e-4",
